@@ -1,0 +1,104 @@
+"""The training commands (`ftune classify`, ...), built from their config classes.
+
+A config dataclass is the single description of a command's options: each field becomes a `--flag`
+whose help text, panel and type come from the field, so flags, YAML keys and `ftune.yaml` cannot drift.
+Every flag defaults to None, which is how an explicit flag is told apart from a default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ftune.cli.common import reported_errors
+from ftune.config import config_fields, default_of, parse_set_options, read_yaml_layer, resolve_config
+from ftune.tasks import TaskEntry
+
+# Options that steer the run rather than configure it; they are not config keys.
+RUN_CONTROL = {
+    "config": Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file of options (keys as in "
+                                                     "ftune.yaml); flags given here win over it.",
+                                                     rich_help_panel="Run")],
+    "set_": Annotated[Optional[list[str]], typer.Option("--set", help="key=value override, repeatable; wins over "
+                                                        "flags and --config.", rich_help_panel="Run")],
+    "resume": Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last "
+                                           "checkpoint in --output-dir.", rich_help_panel="Run")],
+    "overwrite": Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --output-dir.",
+                                              rich_help_panel="Run")],
+    "debug": Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.",
+                                          rich_help_panel="Run")],
+}
+RUN_CONTROL_DEFAULTS = {"config": None, "set_": None, "resume": False, "overwrite": False, "debug": False}
+
+
+def _flag_parameter(field, tp, config_class) -> inspect.Parameter:
+    meta = field.metadata
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    flag = "--" + field.name.replace("_", "-")
+    names = [flag]
+    if base is bool:
+        names = [f"{flag}/--no-{field.name.replace('_', '-')}"]
+    if meta.get("short"):
+        names.append(meta["short"])
+    default = default_of(config_class, field.name)
+    help_text = meta.get("help", "")
+    if default is not None and base is not bool:
+        help_text += f" (default: {default})"
+    elif base is bool:
+        help_text += f" (default: {'on' if default else 'off'})"
+    cli_type: Any = str if typing.get_origin(base) is list else base
+    metavar = "|".join(meta["choices"]) if meta.get("choices") else None
+    opt = typer.Option(*names, help=help_text, rich_help_panel=meta.get("panel"), metavar=metavar,
+                       show_default=False)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[Optional[cli_type], opt])
+
+
+def make_train_command(entry: TaskEntry):
+    """A Typer command function for one task, with one option per config field."""
+    params = [_flag_parameter(f, tp, entry.config_class) for f, tp in config_fields(entry.config_class)]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=RUN_CONTROL_DEFAULTS[name],
+                                 annotation=annotation) for name, annotation in RUN_CONTROL.items()]
+
+    def command(**kwargs):
+        control = {name: kwargs.pop(name) for name in RUN_CONTROL}
+        with reported_errors(control["debug"]):
+            flags = {name: value for name, value in kwargs.items() if value is not None}
+            layers = []
+            if control["config"] is not None:
+                layers.append((f"--config {control['config']}", read_yaml_layer(control["config"])))
+            layers.append(("flags", flags))
+            layers.append(("--set", parse_set_options(control["set_"] or [])))
+            if control["resume"]:
+                layers = _saved_config_layer(layers) + layers
+            config = resolve_config(entry.config_class, layers=layers)
+            from ftune.launch import maybe_relaunch
+
+            if maybe_relaunch(config):
+                return
+            from ftune.train import run_training
+
+            run_training(entry.name, config, resume=control["resume"], overwrite=control["overwrite"])
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = entry.name
+    command.__doc__ = entry.summary
+    return command
+
+
+def _saved_config_layer(layers: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """On --resume the run's own ftune.yaml is the lowest layer, so the resumed run keeps its settings."""
+    output_dir = None
+    for _, layer in layers:
+        for key in ("output_dir", "output-dir"):
+            if layer.get(key):
+                output_dir = layer[key]
+    saved = Path(output_dir) / "ftune.yaml" if output_dir else None
+    if saved is None or not saved.is_file():
+        return []
+    return [(str(saved), read_yaml_layer(saved))]

@@ -1,0 +1,323 @@
+"""Typed run configurations and how they are resolved.
+
+Each training command has one dataclass: its fields are the command's options, their YAML keys and the
+keys of `ftune.yaml`. A value is resolved from four layers, lowest first:
+
+    the dataclass defaults  <  --config FILE.yaml  <  flags given on the command line  <  --set key=value
+
+Unknown keys and invalid values are errors; every problem is reported at once, in one line.
+This module imports no torch, so the CLI can build its options from it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ftune.errors import UsageError
+
+# Keys of ftune.yaml that describe the run rather than configure it; a YAML layer may carry them.
+RUN_INFO_KEY = "run"
+
+
+def option(default: Any, help: str, *, panel: str = "Training", choices: tuple = (), min: float | None = None,
+           max: float | None = None, exclusive_min: bool = False, short: str | None = None):
+    """A config field: its default, its `--help` text and the checks its value must pass."""
+    return field(default=default, metadata={"help": help, "panel": panel, "choices": choices, "min": min,
+                                            "max": max, "exclusive_min": exclusive_min, "short": short})
+
+
+@dataclass
+class TrainConfig:
+    """Options every training command takes."""
+
+    model: str = option("bert-base-uncased", "Hub model id, local model folder (or .gguf file for lm).",
+                        panel="Model", short="-m")
+    data: Optional[str] = option(None, "Hub dataset id, a .csv/.tsv/.json/.jsonl/.parquet/.txt file, a folder "
+                                       "of split files, or a save_to_disk folder.", panel="Data", short="-d")
+    data_config: Optional[str] = option(None, "Configuration name of a Hub dataset (e.g. 'mnli' of 'glue').",
+                                        panel="Data")
+    train_split: str = option("train", "Split to train on.", panel="Data")
+    eval_split: Optional[str] = option(None, "Held-out split to evaluate on (default: the data's "
+                                             "validation/valid/dev/test split, else a carve of --val-fraction).",
+                                       panel="Data")
+    val_fraction: float = option(0.1, "Fraction of the training split held out when the data has no eval "
+                                      "split (seeded; stratified by label for classification).",
+                                 panel="Data", min=0.0, max=1.0, exclusive_min=True)
+    max_train_samples: Optional[int] = option(None, "Use only the first N training rows.", panel="Data", min=1)
+    max_eval_samples: Optional[int] = option(None, "Use only the first N held-out rows.", panel="Data", min=1)
+    max_length: int = option(128, "Longest input in tokens; longer inputs are truncated.", panel="Data", min=8)
+    output_dir: Optional[str] = option(None, "Run directory (default: runs/<task>-<model>-<time>).",
+                                       panel="Output", short="-o")
+
+    lora: bool = option(False, "Train a LoRA adapter instead of all weights.", panel="LoRA")
+    lora_r: int = option(8, "LoRA rank.", panel="LoRA", min=1)
+    lora_alpha: int = option(16, "LoRA scaling alpha.", panel="LoRA", min=1)
+    lora_dropout: float = option(0.1, "Dropout on the LoRA path.", panel="LoRA", min=0.0, max=1.0)
+    lora_targets: Optional[list[str]] = option(None, "Module names to adapt, comma-separated (default: the "
+                                                     "attention projections of the architecture).", panel="LoRA")
+
+    epochs: float = option(3.0, "Training epochs.", min=0.0, exclusive_min=True)
+    max_steps: Optional[int] = option(None, "Stop after this many optimizer steps (overrides --epochs).", min=1)
+    batch_size: int = option(16, "Training batch size per device.", min=1)
+    eval_batch_size: Optional[int] = option(None, "Evaluation batch size per device (default: 2 x "
+                                                  "--batch-size).", min=1)
+    grad_accum: int = option(1, "Gradient accumulation steps (effective batch = batch size x accumulation "
+                                "x processes).", min=1)
+    lr: Optional[float] = option(None, "Peak learning rate (default: 5e-5 full, 2e-4 LoRA).", min=0.0,
+                                 exclusive_min=True)
+    warmup: float = option(0.0, "Warmup: a fraction of the steps if below 1, else a step count.", min=0.0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
+    seed: int = option(42, "Random seed for the split, initialisation, shuffling and dropout.", min=0)
+    eval_steps: Optional[int] = option(None, "Evaluate and checkpoint every N steps (default: every epoch; "
+                                             "at the end with --max-steps).", min=1)
+    early_stopping: Optional[int] = option(None, "Stop after PATIENCE evaluations without improvement of the "
+                                                 "main metric.", min=1)
+    group_by_length: bool = option(True, "Batch examples of similar length together (less padding, faster).")
+    logging_steps: int = option(10, "Log the training loss every N steps.", min=1)
+
+    precision: str = option("auto", "auto (bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU), "
+                                    "fp32, bf16 or fp16.", panel="Hardware",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.",
+                                          panel="Hardware")
+    num_processes: int = option(1, "Training processes (ranks) to start on this machine.", panel="Hardware",
+                                min=1)
+
+    # Per-task defaults that differ from the field defaults above (e.g. the default model).
+    task_defaults: typing.ClassVar[dict[str, Any]] = {}
+
+    def check(self) -> list[str]:
+        """Problems that involve several fields; each one a short phrase."""
+        problems = []
+        if not self.data:
+            problems.append("no data: pass --data (a file, a folder or a Hub dataset id)")
+        if self.lora_targets is not None and not self.lora_targets:
+            problems.append("--lora-targets is empty")
+        return problems
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 if self.lora else 5e-5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ClassifyConfig(TrainConfig):
+    """`ftune classify`: sequence classification of single texts or text pairs."""
+
+    text_column: Optional[str] = option(None, "Column with the text (detected: text, sentence, sentence1, "
+                                              "premise, question1, review, content).", panel="Data")
+    text_pair_column: Optional[str] = option(None, "Column with the second text of a pair (detected: "
+                                                   "sentence2, hypothesis, question2).", panel="Data")
+    label_column: Optional[str] = option(None, "Column with the label, strings or ints (detected: label, "
+                                               "labels, class, category, sentiment, rating).", panel="Data")
+
+
+@dataclass
+class LMConfig(TrainConfig):
+    """`ftune lm`: causal language modelling."""
+
+    text_column: Optional[str] = option(None, "Column of plain text, packed into --block-size blocks "
+                                              "(detected: text, content).", panel="Data")
+    prompt_column: Optional[str] = option(None, "Column with prompts; loss on the completion only.",
+                                          panel="Data")
+    completion_column: Optional[str] = option(None, "Column with completions (with --prompt-column).",
+                                              panel="Data")
+    messages_column: Optional[str] = option(None, "Column with chat conversations (a list of role/content), "
+                                                  "through the chat template.", panel="Data")
+    block_size: Optional[int] = option(None, "Tokens per packed block (default: the model's context, capped "
+                                             "at 1024).", panel="Data", min=8)
+    gguf_file: Optional[str] = option(None, "GGUF file inside the --model folder.", panel="Model")
+
+    task_defaults: typing.ClassVar[dict[str, Any]] = {"model": "gpt2", "max_length": 1024}
+
+
+@dataclass
+class QAConfig(TrainConfig):
+    """`ftune qa`: extractive question answering (SQuAD v1.1 and v2.0 style)."""
+
+    question_column: Optional[str] = option(None, "Column with the question (detected: question).",
+                                            panel="Data")
+    context_column: Optional[str] = option(None, "Column with the context (detected: context).", panel="Data")
+    answers_column: Optional[str] = option(None, "Column with the answers (detected: answers, answer).",
+                                           panel="Data")
+    doc_stride: int = option(128, "Token overlap between windows of a long context.", panel="Data", min=1)
+    max_answer_length: int = option(30, "Longest answer span in tokens.", panel="Data", min=1)
+    n_best: int = option(20, "Start/end candidates per window in post-processing.", panel="Data", min=1)
+    null_threshold: float = option(0.0, "SQuAD v2: answer only when the best span beats the no-answer score "
+                                        "by this margin.", panel="Data")
+
+    task_defaults: typing.ClassVar[dict[str, Any]] = {"max_length": 384}
+
+
+@dataclass
+class SummarizeConfig(TrainConfig):
+    """`ftune summarize`: seq2seq summarisation."""
+
+    source_column: Optional[str] = option(None, "Column with the document (detected: article, document, "
+                                                "text, dialogue).", panel="Data")
+    target_column: Optional[str] = option(None, "Column with the summary (detected: highlights, summary).",
+                                          panel="Data")
+    source_prefix: Optional[str] = option(None, "Text put before each source (default: 'summarize: ' for "
+                                                "T5-family models, nothing otherwise).", panel="Data")
+    max_target_length: int = option(128, "Longest summary in tokens (labels and generation).", panel="Data",
+                                    min=1)
+    num_beams: int = option(1, "Beams when generating summaries for evaluation.", min=1)
+
+    task_defaults: typing.ClassVar[dict[str, Any]] = {"model": "t5-small", "max_length": 512}
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolution
+
+
+def config_fields(cls: type[TrainConfig]) -> list[tuple[dataclasses.Field, Any]]:
+    """The fields of a config class with their resolved Python types."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def default_of(cls: type[TrainConfig], name: str) -> Any:
+    if name in cls.task_defaults:
+        return cls.task_defaults[name]
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default
+
+
+def resolve_config(cls: type[TrainConfig], *, layers: list[tuple[str, dict[str, Any]]]) -> TrainConfig:
+    """Merge `layers` (lowest first, each named for error messages) over the defaults and validate.
+
+    Raises UsageError listing every unknown key and invalid value at once.
+    """
+    fields_by_name = {f.name: (f, tp) for f, tp in config_fields(cls)}
+    values = {name: default_of(cls, name) for name in fields_by_name}
+    problems: list[str] = []
+    for layer_name, layer in layers:
+        for key, raw in layer.items():
+            name = key.replace("-", "_")
+            if name == RUN_INFO_KEY:
+                continue
+            if name not in fields_by_name:
+                problems.append(f"unknown key '{key}' in {layer_name}{_suggest(name, fields_by_name)}")
+                continue
+            f, tp = fields_by_name[name]
+            try:
+                values[name] = coerce(raw, tp, f.metadata)
+            except ValueError as exc:
+                problems.append(f"{_flag(name)} ({layer_name}): {exc}")
+    config = cls(**values)
+    problems += config.check()
+    if problems:
+        raise UsageError("invalid configuration: " + "; ".join(problems))
+    return config
+
+
+def coerce(raw: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Turn a YAML, flag or --set value into the field's type, or raise ValueError saying why not."""
+    optional = type(None) in typing.get_args(tp)
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if optional else tp
+    if raw is None or (optional and isinstance(raw, str) and raw.strip().lower() in ("null", "none", "")):
+        if optional:
+            return None
+        raise ValueError("a value is required")
+    if base is bool:
+        value = _to_bool(raw)
+    elif base is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        try:
+            value = int(raw) if not isinstance(raw, str) else int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+    elif base is float:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a number, got {raw!r}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    elif typing.get_origin(base) is list:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"expected a list, got {raw!r}")
+        value = [str(i).strip() for i in items if str(i).strip()]
+    else:
+        if isinstance(raw, (dict, list)):
+            raise ValueError(f"expected text, got {raw!r}")
+        value = str(raw)
+    _check_range(value, meta)
+    return value
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> None:
+    choices = meta.get("choices") or ()
+    if choices and value not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo)):
+        raise ValueError(f"must be {'above' if meta.get('exclusive_min') else 'at least'} {lo:g}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"must be at most {hi:g}, got {value}")
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def read_yaml_layer(path: str | Path) -> dict[str, Any]:
+    """Read a --config YAML file: a mapping of option names to values."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist; pass the path of a YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of option names to values")
+    return data
+
+
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` items; values are read as YAML scalars (so 1e-4, true, [a, b] work)."""
+    import yaml
+
+    layer: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects key=value, got '{item}'")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        layer[key.strip()] = value
+    return layer

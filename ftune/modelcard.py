@@ -1,0 +1,55 @@
+"""The run's README.md: base model, data, task, method, metrics, and how to load it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftune import __version__
+from ftune.report import format_value
+
+
+def write_model_card(path: Path, task, config, state: dict[str, Any], split: dict[str, Any],
+                     metrics: dict[str, Any]) -> None:
+    method = (f"LoRA (r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
+              f"targets={','.join(config.lora_targets) if config.lora_targets else 'default for the architecture'})"
+              if config.lora else "full fine-tuning")
+    held_out = (f"split `{split['eval_split']}`" if split.get("method") == "split"
+                else f"{split.get('val_fraction')} of `{split.get('train_split')}` (seed {split.get('seed')}"
+                     f"{', stratified' if split.get('stratified') else ''})")
+    rows = "\n".join(f"| {k} | {format_value(v)} |" for k, v in metrics.items() if isinstance(v, (int, float)))
+    labels = state.get("labels")
+    label_line = f"- **Labels:** {', '.join(map(str, labels))}\n" if labels else ""
+    text = f"""---
+library_name: {'peft' if config.lora else 'transformers'}
+base_model: {config.model}
+tags: [ftune, {task.name}{', lora' if config.lora else ''}]
+---
+
+# {Path(path).name}
+
+Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {task.name}`.
+
+- **Task:** {task.name}
+- **Base model:** `{config.model}`
+- **Method:** {method}
+- **Data:** `{config.data}`{f' (configuration `{config.data_config}`)' if config.data_config else ''}; trained on
+  {split.get('train_rows')} rows; held out: {held_out}, {split.get('rows')} rows
+{label_line}- **Training:** {config.epochs if not config.max_steps else str(config.max_steps) + ' steps'}{' epochs' if not config.max_steps else ''}, learning rate {config.learning_rate:g}, batch size {config.batch_size} x {config.grad_accum} accumulation, seed {config.seed}
+
+## Held-out metrics
+
+| metric | value |
+|---|---|
+{rows}
+
+## Use
+
+```python
+{task.model_card_usage(str(Path(path).resolve()), config.lora, state)}
+```
+
+Or with ftune: `ftune eval {path}`, `ftune predict {path} ...`{f', `ftune merge {path} --output-dir MERGED`' if config.lora else ''}.
+The full configuration is in `ftune.yaml`; the held-out rows are recorded in `split.json`.
+"""
+    (Path(path) / "README.md").write_text(text)

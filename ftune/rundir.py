@@ -1,0 +1,161 @@
+"""The run directory: claiming it safely, writing its files, and reading a finished run back.
+
+A run is finished when `train_results.json` exists: it is written last, after the model, the metrics
+and the model card, so an interrupted run never looks finished. While a run trains, `.ftune.lock`
+holds the process id, so a second run cannot write into the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ftune.errors import UsageError
+
+FINISHED_MARKER = "train_results.json"
+CONFIG_FILE = "ftune.yaml"
+LOCK_FILE = ".ftune.lock"
+
+
+def checkpoints(path: Path) -> list[Path]:
+    found = [p for p in path.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    def claim(self, *, resume: bool, overwrite: bool) -> None:
+        """Make the folder ours for this run, or raise UsageError saying why it cannot be."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--output-dir {path} is a file; pass a folder")
+        if path.is_dir():
+            self._check_lock()
+            entries = [p for p in path.iterdir() if p.name != LOCK_FILE]
+            is_run = (path / CONFIG_FILE).is_file()
+            if entries and not is_run:
+                raise UsageError(f"--output-dir {path} is not empty and holds no ftune run; choose a new or empty "
+                                 "folder")
+            finished = (path / FINISHED_MARKER).is_file()
+            if finished and not overwrite:
+                raise UsageError(f"{path} holds a finished run; pass --overwrite to replace it or choose another "
+                                 "--output-dir")
+            if overwrite and is_run:
+                shutil.rmtree(path)
+            elif checkpoints(path) and not resume:
+                raise UsageError(f"{path} holds an interrupted run with checkpoints; pass --resume to continue it "
+                                 "or --overwrite to start over")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / LOCK_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+
+    def _check_lock(self) -> None:
+        lock = self.path / LOCK_FILE
+        if not lock.is_file():
+            return
+        pid, _, host = lock.read_text().strip().partition(" ")
+        if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            raise UsageError(f"{self.path} is in use by a running ftune process (pid {pid}); wait for it or "
+                             "choose another --output-dir")
+
+    def release(self) -> None:
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
+
+    def last_checkpoint(self) -> Path | None:
+        found = checkpoints(self.path)
+        return found[-1] if found else None
+
+    def remove_checkpoints(self) -> None:
+        """A finished run keeps only its final model: checkpoints are for resuming interrupted runs."""
+        for ckpt in checkpoints(self.path):
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+    def write_json(self, name: str, data: Any) -> Path:
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.replace(target)  # atomic: a reader never sees half a file
+        return target
+
+    def write_jsonl(self, name: str, rows: Iterable[dict]) -> Path:
+        target = self.path / name
+        write_jsonl(target, rows)
+        return target
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path / name
+        target.write_text(text)
+        return target
+
+
+def write_jsonl(target: Path, rows: Iterable[dict]) -> None:
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    with tmp.open("w") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+    tmp.replace(target)
+
+
+def _json_default(value: Any):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a finished run
+
+
+@dataclass
+class FinishedRun:
+    """A run directory read back: its resolved config, run info and held-out split record."""
+
+    path: Path
+    config: dict[str, Any]
+    info: dict[str, Any]
+    split: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.info["task"]
+
+    @property
+    def is_lora(self) -> bool:
+        return (self.path / "adapter_config.json").is_file()
+
+
+def open_run(path: str | Path) -> FinishedRun:
+    """Read a finished run, or raise UsageError naming what is missing."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"run {path} does not exist; pass the --output-dir of an ftune training run")
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise UsageError(f"{path} is not an ftune run (no {CONFIG_FILE}); pass the --output-dir of a training run")
+    if not (path / FINISHED_MARKER).is_file():
+        raise UsageError(f"run {path} did not finish; resume it with the same training command and --resume")
+    config = yaml.safe_load(config_file.read_text()) or {}
+    info = config.pop("run", {})
+    split_file = path / "split.json"
+    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    return FinishedRun(path=path, config=config, info=info, split=split)
