@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
         tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(_dump_json(data) + "\n")
         tmp.replace(target)  # atomic: a reader never sees half a file
         return target
 
@@ -100,6 +101,13 @@ def write_jsonl(target: Path, rows: Iterable[dict]) -> None:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
     tmp.replace(target)
+
+
+def _dump_json(data: Any) -> str:
+    """Indented JSON, except that lists of numbers stay on one line (split.json's row indices)."""
+    text = json.dumps(data, indent=2, default=_json_default)
+    return re.sub(r"\[\s*([-\d.,\s]+?)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                  text)
 
 
 def _json_default(value: Any):

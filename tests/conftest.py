@@ -1,0 +1,79 @@
+"""Shared fixtures: offline mode, tiny models built once per session, and a helper that runs the CLI."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub/transformers/datasets: no test may touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests import tiny_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return tiny_models.build_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return tiny_models.build_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return tiny_models.build_t5(tmp_path_factory.mktemp("models") / "tiny-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    return tiny_models.build_bart(tmp_path_factory.mktemp("models") / "tiny-bart")
+
+
+class Result:
+    def __init__(self, exit_code: int, stdout: str, stderr: str):
+        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
+
+    def __repr__(self):
+        return f"Result(exit_code={self.exit_code}, stderr={self.stderr[-2000:]!r}, stdout={self.stdout[-2000:]!r})"
+
+
+@pytest.fixture
+def ftune():
+    """Run the real CLI in this process: ftune("classify", "--data", ...) -> Result."""
+    from ftune.cli import app
+
+    def run(*args: str) -> Result:
+        runner = CliRunner()
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+    return run
+
+
+def run_cli_subprocess(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m ftune ...` in a fresh process (for start-up checks and multi-process runs)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ftune", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=str(ROOT))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
