@@ -20,6 +20,13 @@ def corpus(n: int = 400, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) + "." for _ in range(n)]
 
 
+def _seeded():
+    """The same random weights every time, so test outcomes do not depend on the session."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 def _fast(tokenizer_obj, **special):
     from transformers import PreTrainedTokenizerFast
 
@@ -48,6 +55,7 @@ def build_bert(folder: Path) -> Path:
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=128, max_position_embeddings=512, pad_token_id=0)
     folder.mkdir(parents=True, exist_ok=True)
+    _seeded()
     BertForPreTraining(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
@@ -76,6 +84,7 @@ def build_gpt2(folder: Path, n_positions: int = 256) -> Path:
     config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=n_positions, n_embd=64, n_layer=2, n_head=2,
                         bos_token_id=eos, eos_token_id=eos)
     folder.mkdir(parents=True, exist_ok=True)
+    _seeded()
     GPT2LMHeadModel(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
@@ -97,6 +106,7 @@ def build_bart(folder: Path) -> Path:
                         decoder_ffn_dim=128, max_position_embeddings=256, pad_token_id=1, bos_token_id=bos,
                         eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos)
     folder.mkdir(parents=True, exist_ok=True)
+    _seeded()
     BartForConditionalGeneration(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
@@ -119,6 +129,7 @@ def build_t5(folder: Path) -> Path:
     config = T5Config(vocab_size=tok.get_vocab_size(), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
                       pad_token_id=tok.token_to_id("<pad>"), eos_token_id=eos, decoder_start_token_id=0)
     folder.mkdir(parents=True, exist_ok=True)
+    _seeded()
     T5ForConditionalGeneration(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
