@@ -31,9 +31,25 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validatio
                  "val": "validation", "dev": "validation", "test": "test", "eval": "validation"}
 
 
+def quiet_datasets():
+    """The datasets library, with its per-step progress bars and error logs off unless --debug.
+
+    ftune reports what went wrong itself, in one line; datasets' own logging would repeat it with a traceback.
+    """
+    import logging
+    import os
+
+    import datasets
+
+    if os.environ.get("FTUNE_DEBUG") != "1":
+        datasets.disable_progress_bars()
+        logging.getLogger("datasets").setLevel(logging.CRITICAL)
+    return datasets
+
+
 def load_source(data: str, data_config: Optional[str] = None):
     """Load `--data` as a DatasetDict: a file, a folder of split files, a save_to_disk folder or a Hub id."""
-    import datasets
+    datasets = quiet_datasets()
 
     path = Path(data).expanduser()
     if path.is_file():
@@ -72,10 +88,10 @@ def _split_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def _load_files(groups: dict[str, list[Path]], data: str):
-    import datasets
+    datasets = quiet_datasets()
 
     suffixes = {f.suffix.lower() for files in groups.values() for f in files}
-    readers = {FILE_READERS[s] for s in suffixes if s in FILE_READERS and s not in (".json", ".jsonl")}
+    readers = {repr(FILE_READERS[s]) for s in suffixes if s in FILE_READERS and s not in (".json", ".jsonl")}
     builders = {FILE_READERS[s][0] for s in suffixes}
     if len(builders) > 1 or (len(readers) > 1):
         raise UsageError(f"{data} mixes file types ({', '.join(sorted(suffixes))}); use one type per dataset")
@@ -87,6 +103,9 @@ def _load_files(groups: dict[str, list[Path]], data: str):
         loaded = datasets.load_dataset(builder, data_files=data_files, **extra)
     except Exception as exc:  # the readers raise many types (pandas, pyarrow, json) for a malformed file
         detail = " ".join(str(exc).split())[:300]
+        if "corresponds to no data" in detail or isinstance(exc, datasets.exceptions.DatasetGenerationError) and \
+                all(f.stat().st_size == 0 for files in groups.values() for f in files):
+            raise UsageError(f"{data} has no rows; give data with at least one example") from None
         raise UsageError(f"could not read {data}: {detail}; fix the malformed rows or convert the file") from None
     for split, ds in loaded.items():
         if len(ds) == 0:

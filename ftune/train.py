@@ -10,6 +10,7 @@ Only rank 0 writes files and prints; every rank computes the same split from the
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from ftune import distributed as dist
 from ftune.config import TrainConfig
+from ftune.errors import UsageError
 from ftune.hub import ensure_offline_if_unreachable, require_model
 from ftune.report import echo, metrics_table
 from ftune.rundir import CONFIG_FILE, RunDir
@@ -38,13 +40,19 @@ def run_training(task_name: str, config: TrainConfig, *, resume: bool = False, o
         config.output_dir = dist.broadcast_object(default_output_dir(task_name, config.model))
     run = RunDir(Path(config.output_dir))
     require_model(config.model)
+    created = not run.path.exists()
     if dist.is_main_process():
         run.claim(resume=resume, overwrite=overwrite)
     dist.wait_for_everyone()
     try:
         return _train(task, config, run, resume=resume)
+    except UsageError:
+        # Bad input found before any training: leave no half-made run folder behind.
+        if created and dist.is_main_process() and run.last_checkpoint() is None:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     finally:
-        if dist.is_main_process():
+        if dist.is_main_process() and run.path.exists():
             run.release()
 
 
@@ -53,7 +61,6 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
 
     from ftune.data import build_held_out_split
     from ftune.lora import trainable_summary, wrap_with_lora
-    from ftune.models import load_tokenizer
     from ftune.precision import resolve_precision
 
     started = time.time()
@@ -69,7 +76,7 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
         eval_split=config.eval_split, val_fraction=config.val_fraction, seed=config.seed,
         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
         stratify=task.stratify_by(columns))
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = task.load_tokenizer(config)
     state = task.prepare_state(config, split, columns)
     if main:
         write_config(run, task.name, config, state, precision)

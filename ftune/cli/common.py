@@ -20,7 +20,10 @@ OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help
 @contextlib.contextmanager
 def reported_errors(debug: bool):
     """Turn exceptions into one `error:` line on stderr and ftune's exit codes (2 bad input, 1 failure)."""
-    if not debug:
+    if debug:
+        os.environ["FTUNE_DEBUG"] = "1"
+    else:
+        os.environ.pop("FTUNE_DEBUG", None)
         _quiet_libraries()
     try:
         yield
