@@ -1,15 +1,82 @@
-"""Starting several training processes on this machine (`--num-processes N`)."""
+"""`--num-processes N`: start N ranks of this same command through torchrun (torch.distributed.run).
+
+The resolved configuration is written to a temporary YAML file and every rank reads it, so all ranks
+run exactly the same configuration. On CPU the ranks use the gloo backend (note that
+`accelerate launch --cpu --num_processes N` would silently start one process); on GPUs, one rank per
+GPU with NCCL. Users who launch ftune themselves (`torchrun -m ftune ...`, `accelerate launch -m ftune
+...`) skip this: inside a launch the ranks already exist.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ftune.errors import UsageError
 
 
-def maybe_relaunch(config) -> bool:
-    """Start `config.num_processes` ranks of this same command and wait for them; False if nothing to do.
+def inside_launch() -> bool:
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-    Inside a distributed launch (torchrun, accelerate launch) the ranks already exist, so this returns False.
-    """
-    if config.num_processes <= 1 or "LOCAL_RANK" in os.environ:
+
+def maybe_relaunch(task_name: str, config, *, resume: bool, overwrite: bool, debug: bool) -> bool:
+    """Run the command on `config.num_processes` ranks and wait; False when this process should train itself."""
+    if config.num_processes <= 1 or inside_launch():
         return False
-    raise NotImplementedError
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="ftune-launch-") as scratch:
+        resolved = Path(scratch) / "config.yaml"
+        resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={config.num_processes}", "-m", "ftune", task_name, "--config", str(resolved)]
+        command += ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * debug
+        returncode = _run_filtered(command, _rank_environment(config.num_processes), debug)
+    if returncode != 0:
+        raise SystemExit(returncode)
+    return True
+
+
+def _rank_environment(processes: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # Share the cores between the ranks instead of every rank starting one thread per core.
+    cores = os.cpu_count() or 1
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _run_filtered(command: list[str], env: dict[str, str], debug: bool) -> int:
+    """Run torchrun, passing the ranks' output through; without --debug, drop torchrun's own failure report
+    (the failing rank has already printed its one-line `error:`) and print each error line once."""
+    try:
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    except FileNotFoundError as exc:
+        raise UsageError(f"cannot start the ranks: {exc}") from None
+    seen_errors: set[str] = set()
+    in_report = False
+    usage_failure = False
+    assert process.stderr is not None
+    for line in process.stderr:
+        if debug:
+            sys.stderr.write(line)
+            continue
+        if "exitcode" in line and ": 2" in line:
+            usage_failure = True
+        if line.startswith("Traceback") or "ChildFailedError" in line or line.startswith("[W") or \
+                "torch.distributed" in line or line.startswith("===="):
+            in_report = True
+        if in_report:
+            continue
+        if line.startswith("error: "):
+            if line in seen_errors:
+                continue
+            seen_errors.add(line)
+        sys.stderr.write(line)
+    returncode = process.wait()
+    if returncode == 0:
+        return 0
+    return 2 if usage_failure else 1

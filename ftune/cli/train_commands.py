@@ -78,7 +78,8 @@ def make_train_command(entry: TaskEntry):
             config = resolve_config(entry.config_class, layers=layers)
             from ftune.launch import maybe_relaunch
 
-            if maybe_relaunch(config):
+            if maybe_relaunch(entry.name, config, resume=control["resume"], overwrite=control["overwrite"],
+                              debug=control["debug"]):
                 return
             from ftune.train import run_training
 

@@ -1,0 +1,62 @@
+"""Several ranks on this CPU (gloo): `--num-processes 2` gives the same numbers as one process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import read_json, run_cli_subprocess
+from tests.test_classify import sentiment_rows, write_jsonl
+
+COMMON = ["--max-steps", "6", "--eval-steps", "3", "--logging-steps", "1", "--lr", "3e-3", "--max-length", "32",
+          "--no-group-by-length", "--val-fraction", "0.25"]
+
+
+def train_losses(run) -> list[float]:
+    return [entry["loss"] for entry in read_json(run / "trainer_state.json")["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_bert):
+    base = tmp_path_factory.mktemp("ddp")
+    data = write_jsonl(base / "data.jsonl", sentiment_rows(64))
+    one = run_cli_subprocess("classify", "--model", tiny_bert, "--data", data, "--output-dir", base / "one",
+                             "--batch-size", "8", *COMMON)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli_subprocess("classify", "--model", tiny_bert, "--data", data, "--output-dir", base / "two",
+                             "--batch-size", "4", "--num-processes", "2", *COMMON)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return base / "one", base / "two", two
+
+
+def test_two_ranks_write_one_complete_run(runs):
+    _, two, process = runs
+    names = {p.name for p in two.iterdir()}
+    assert {"model.safetensors", "ftune.yaml", "split.json", "eval_results.json", "eval_predictions.jsonl",
+            "train_results.json", "trainer_state.json", "README.md"} <= names
+    results = read_json(two / "train_results.json")
+    assert results["world_size"] == 2 and results["effective_batch_size"] == 8
+    assert "effective batch 8 = 4 per device x 2 process(es)" in process.stdout
+    # printed once (rank 0 only)
+    assert process.stdout.count("held-out metrics") == 1
+
+
+def test_same_held_out_rows_and_no_duplicates(runs):
+    one, two, _ = runs
+    assert read_json(one / "split.json") == read_json(two / "split.json")
+    predictions = [json.loads(line) for line in (two / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 16 and len({p["id"] for p in predictions}) == 16
+
+
+def test_losses_match_one_rank_with_the_same_global_batch(runs):
+    one, two, _ = runs
+    losses_one, losses_two = train_losses(one), train_losses(two)
+    assert len(losses_one) == len(losses_two) == 6
+    # Same global batches in the same order; only dropout masks differ between the ranks.
+    assert losses_two == pytest.approx(losses_one, abs=0.05)
+    assert losses_two[0] == pytest.approx(losses_one[0], abs=0.05)
+    assert losses_two[0] < 1.5  # not multiplied by the world size (~0.69 for two classes)
+    eval_one, eval_two = read_json(one / "eval_results.json"), read_json(two / "eval_results.json")
+    assert eval_two["eval_samples"] == eval_one["eval_samples"] == 16
+    assert eval_two["eval_loss"] == pytest.approx(eval_one["eval_loss"], abs=0.05)
