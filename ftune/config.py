@@ -84,8 +84,15 @@ class TrainConfig:
                             choices=("auto", "fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.",
                                           panel="Hardware")
-    num_processes: int = option(1, "Training processes (ranks) to start on this machine.", panel="Hardware",
-                                min=1)
+    num_processes: int = option(1, "Training processes (ranks) to start on this machine (GPUs: one per GPU).",
+                                panel="Hardware", min=1)
+    accelerate_config: Optional[str] = option(None, "Launch through `accelerate launch` with a shipped config "
+                                                    "(ddp, fsdp, deepspeed-zero2, deepspeed-zero3) or a YAML file.",
+                                              panel="Hardware")
+    compile: bool = option(False, "torch.compile the model (faster steps on GPUs after a slow first one).",
+                           panel="Hardware")
+    load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit NF4 (needs --lora, a CUDA GPU and "
+                                       "pip install 'ftune[qlora]').", panel="Hardware")
 
     # Per-task defaults that differ from the field defaults above (e.g. the default model).
     task_defaults: typing.ClassVar[dict[str, Any]] = {}
@@ -97,6 +104,14 @@ class TrainConfig:
             problems.append("no data: pass --data (a file, a folder or a Hub dataset id)")
         if self.lora_targets is not None and not self.lora_targets:
             problems.append("--lora-targets is empty")
+        if self.load_in_4bit and not self.lora:
+            problems.append("--load-in-4bit trains LoRA adapters on a frozen 4-bit model: add --lora")
+        if self.accelerate_config:
+            from ftune.accelerate_configs import config_problem
+
+            problem = config_problem(self.accelerate_config)
+            if problem:
+                problems.append(problem)
         return problems
 
     @property
@@ -139,16 +154,30 @@ class LMConfig(TrainConfig):
 
     task_defaults: typing.ClassVar[dict[str, Any]] = {"model": "gpt2", "max_length": 1024}
 
+    def check(self) -> list[str]:
+        problems = super().check()
+        if bool(self.prompt_column) != bool(self.completion_column):
+            given, missing = (("--prompt-column", "--completion-column") if self.prompt_column
+                              else ("--completion-column", "--prompt-column"))
+            problems.append(f"{given} needs {missing} too (the loss is on the completion of each prompt)")
+        shapes = [flag for flag, value in (("--text-column", self.text_column), ("--prompt-column", self.prompt_column),
+                                           ("--messages-column", self.messages_column)) if value]
+        if len(shapes) > 1:
+            problems.append(f"{' and '.join(shapes)} choose different data shapes; give one of them")
+        return problems
+
 
 @dataclass
 class QAConfig(TrainConfig):
     """`ftune qa`: extractive question answering (SQuAD v1.1 and v2.0 style)."""
 
-    question_column: Optional[str] = option(None, "Column with the question (detected: question).",
+    question_column: Optional[str] = option(None, "Column with the question (detected: question, query).",
                                             panel="Data")
-    context_column: Optional[str] = option(None, "Column with the context (detected: context).", panel="Data")
-    answers_column: Optional[str] = option(None, "Column with the answers (detected: answers, answer).",
-                                           panel="Data")
+    context_column: Optional[str] = option(None, "Column with the context (detected: context, paragraph, "
+                                                 "passage).", panel="Data")
+    answers_column: Optional[str] = option(None, "Column with the answers: SQuAD's {text, answer_start} or an "
+                                                 "answer text, its start taken from an answer_start column or found "
+                                                 "in the context (detected: answers, answer).", panel="Data")
     doc_stride: int = option(128, "Token overlap between windows of a long context.", panel="Data", min=1)
     max_answer_length: int = option(30, "Longest answer span in tokens.", panel="Data", min=1)
     n_best: int = option(20, "Start/end candidates per window in post-processing.", panel="Data", min=1)
@@ -166,13 +195,22 @@ class SummarizeConfig(TrainConfig):
                                                 "text, dialogue).", panel="Data")
     target_column: Optional[str] = option(None, "Column with the summary (detected: highlights, summary).",
                                           panel="Data")
-    source_prefix: Optional[str] = option(None, "Text put before each source (default: 'summarize: ' for "
-                                                "T5-family models, nothing otherwise).", panel="Data")
-    max_target_length: int = option(128, "Longest summary in tokens (labels and generation).", panel="Data",
-                                    min=1)
-    num_beams: int = option(1, "Beams when generating summaries for evaluation.", min=1)
+    # A plain str, not Optional: an explicit "" must mean "no prefix", and None/"" would read as unset.
+    source_prefix: str = option("auto", "Text put before each source; 'auto' is 'summarize: ' for T5-family "
+                                        "models (t5, mt5, umt5, longt5) and nothing otherwise; '' for none.",
+                                panel="Data")
+    max_target_length: int = option(128, "Longest summary in tokens: labels are truncated to it and evaluation "
+                                          "generates at most this many new tokens.", panel="Data", min=1)
+    num_beams: int = option(1, "Beams when generating summaries for evaluation (1: greedy).", min=1)
 
     task_defaults: typing.ClassVar[dict[str, Any]] = {"model": "t5-small", "max_length": 512}
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.source_column and self.source_column == self.target_column:
+            problems.append(f"--source-column and --target-column are both '{self.source_column}'; the summary "
+                            "must come from another column")
+        return problems
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,20 +24,40 @@ def inside_launch() -> bool:
 
 def maybe_relaunch(task_name: str, config, *, resume: bool, overwrite: bool, debug: bool) -> bool:
     """Run the command on `config.num_processes` ranks and wait; False when this process should train itself."""
-    if config.num_processes <= 1 or inside_launch():
+    if inside_launch() or (config.num_processes <= 1 and not config.accelerate_config):
         return False
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="ftune-launch-") as scratch:
         resolved = Path(scratch) / "config.yaml"
         resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={config.num_processes}", "-m", "ftune", task_name, "--config", str(resolved)]
+        command = launcher_command(config) + ["-m", "ftune", task_name, "--config", str(resolved)]
         command += ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * debug
         returncode = _run_filtered(command, _rank_environment(config.num_processes), debug)
     if returncode != 0:
         raise SystemExit(returncode)
     return True
+
+
+def launcher_command(config) -> list[str]:
+    """torchrun for plain multi-process runs; `accelerate launch` when an accelerate config is chosen."""
+    if not config.accelerate_config:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={config.num_processes}"]
+    from ftune.accelerate_configs import config_path
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(config_path(config.accelerate_config))]
+    processes = config.num_processes if config.num_processes > 1 else _visible_gpus()
+    if processes:
+        command += ["--num_processes", str(processes)]
+    return command
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _rank_environment(processes: int) -> dict[str, str]:

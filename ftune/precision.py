@@ -24,3 +24,28 @@ def resolve_precision(requested: str) -> str:
 def precision_arguments(precision: str) -> dict:
     """TrainingArguments for a resolved precision (mixed precision: weights stay fp32, matmuls run lower)."""
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def check_4bit_support() -> None:
+    """QLoRA needs a CUDA GPU and bitsandbytes; say so plainly instead of failing deep inside a load."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError("--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); drop it to train LoRA in "
+                         "full precision on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError("--load-in-4bit needs bitsandbytes: pip install 'ftune[qlora]'")
+
+
+def quantization_kwargs(config) -> dict:
+    """from_pretrained arguments for QLoRA: NF4 weights, double quantisation, bf16 compute."""
+    if not getattr(config, "load_in_4bit", False):
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=torch.bfloat16)}

@@ -61,11 +61,13 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
 
     from ftune.data import build_held_out_split
     from ftune.lora import trainable_summary, wrap_with_lora
-    from ftune.precision import resolve_precision
+    from ftune.precision import check_4bit_support, resolve_precision
 
     started = time.time()
     set_seed(config.seed)
     precision = resolve_precision(config.precision)
+    if config.load_in_4bit:
+        check_4bit_support()
     main = dist.is_main_process()
 
     source = task.load_source(config)
@@ -83,6 +85,11 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
         run.write_json("split.json", split.record)
 
     model = task.load_model(config, tokenizer, state)
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to fp32 and enables input gradients, so adapters train stably over 4-bit weights.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.lora:
@@ -173,6 +180,8 @@ def build_trainer(task, config: TrainConfig, output_dir: Path, model, tokenizer,
         average_tokens_across_devices=False,
         ddp_find_unused_parameters=False if dist.world_size() > 1 else None,
         disable_tqdm=not dist.is_main_process(),
+        optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        torch_compile=config.compile,
         **schedule,
         **precision_arguments(precision),
         **task.training_arguments(config),

@@ -65,10 +65,24 @@ class Task:
         """Extra from_pretrained arguments for the base model (e.g. num_labels)."""
         return {}
 
+    def load_tokenizer(self, config):
+        """The tokenizer of `config.model` (lm overrides it to read a GGUF file's)."""
+        from ftune.models import load_tokenizer
+
+        return load_tokenizer(config.model)
+
     def load_model(self, config, tokenizer, state: dict[str, Any]):
         from ftune.models import load_model
+        from ftune.precision import quantization_kwargs
 
-        return load_model(self.model_class, config.model, **self.base_model_kwargs(state))
+        return load_model(self.model_class, config.model, **self.base_model_kwargs(state),
+                          **quantization_kwargs(config))
+
+    def load_base_model(self, run_config: dict[str, Any], state: dict[str, Any], **kwargs):
+        """The base model a LoRA run was trained on; `run_config` is the run's ftune.yaml."""
+        from ftune.models import load_model
+
+        return load_model(self.model_class, run_config["model"], **self.base_model_kwargs(state), **kwargs)
 
     # ---- features and training --------------------------------------------------------------------
     def preprocess(self, config, tokenizer, ds, state: dict[str, Any], *, training: bool):
