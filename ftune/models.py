@@ -47,7 +47,7 @@ def load_run_model(run, task, **base_kwargs: Any):
         return load_model(task.model_class, str(run.path), **base_kwargs)
     from peft import PeftModel
 
-    base = load_model(task.model_class, run.config["model"], **task.base_model_kwargs(run.info.get("state", {})), **base_kwargs)
+    base = task.load_base_model(run.config, run.info.get("state", {}), **base_kwargs)
     return PeftModel.from_pretrained(base, str(run.path))
 
 

@@ -42,7 +42,9 @@ def predict_run(run_path: Path, *, texts: list[str], text_pairs: list[str], ques
 
     if torch.cuda.is_available():
         model.to("cuda")
-    results = task.predict(model, tokenizer, run.config, state, inputs, batch_size)
+    # Inference options given to this command (e.g. --num-beams) override the run's settings.
+    settings = {**run.config, **{k: v for k, v in extra.items() if v is not None}}
+    results = task.predict(model, tokenizer, settings, state, inputs, batch_size)
     write_predictions(results, output)
     return results
 

@@ -8,6 +8,7 @@ import typer
 
 from ftune import __version__
 from ftune.cli import run_commands
+from ftune.cli.generate import generate_command
 from ftune.cli.recipes import recipes
 from ftune.cli.train_commands import make_train_command
 from ftune.tasks import TASKS
@@ -39,6 +40,7 @@ def _root(
 for _entry in TASKS.values():
     app.command(_entry.name, rich_help_panel="Train")(make_train_command(_entry))
 run_commands.register(app)
+app.command("generate", rich_help_panel="Use a run")(generate_command)
 app.command("recipes", rich_help_panel="Recipes")(recipes)
 
 

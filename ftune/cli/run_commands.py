@@ -45,6 +45,11 @@ def predict_command(
     output: Annotated[Optional[Path], typer.Option("--output", help="Write predictions to FILE (.jsonl or "
                                                    ".csv); default: JSON lines on stdout.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Inference batch size.")] = 32,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", min=1, help="Longest summary in "
+                                                          "tokens (summarize; default: the run's "
+                                                          "--max-target-length).")] = None,
+    num_beams: Annotated[Optional[int], typer.Option("--num-beams", min=1, help="Beams for generating summaries "
+                                                     "(summarize; default: the run's --num-beams).")] = None,
     debug: Debug = False,
 ) -> None:
     """Predict with a classify, qa or summarize run: --text [--text-pair], --question --context, or --input FILE."""
@@ -52,7 +57,8 @@ def predict_command(
         from ftune.prediction import predict_run
 
         predict_run(run, texts=text or [], text_pairs=text_pair or [], questions=question or [],
-                    contexts=context or [], input_file=input_file, output=output, batch_size=batch_size)
+                    contexts=context or [], input_file=input_file, output=output, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens, num_beams=num_beams)
 
 
 def merge_command(

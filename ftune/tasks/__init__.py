@@ -25,6 +25,12 @@ TASKS: dict[str, TaskEntry] = {
     for entry in [
         TaskEntry("classify", ClassifyConfig, "ftune.tasks.classify",
                   "Fine-tune sequence classification (single texts or text pairs)."),
+        TaskEntry("qa", QAConfig, "ftune.tasks.qa",
+                  "Fine-tune extractive question answering (SQuAD v1.1 and v2.0 style)."),
+        TaskEntry("summarize", SummarizeConfig, "ftune.tasks.summarize",
+                  "Fine-tune a seq2seq model for summarisation."),
+        TaskEntry("lm", LMConfig, "ftune.tasks.lm",
+                  "Fine-tune a causal language model on plain text, prompt/completion pairs or chats."),
     ]
 }
 
