@@ -93,6 +93,9 @@ def test_metrics_recomputed_from_predictions(full_run):
     metrics = read_json(full_run / "eval_results.json")
     assert len(predictions) == metrics["eval_samples"] == 30
     assert {"id", "prediction", "reference"} <= predictions[0].keys()
+    # Each line belongs to its row: the reference is that row's label (30 rows span two eval batches).
+    by_id = {row["id"]: row["label"] for row in sentiment_rows(120)}
+    assert all(by_id[p["id"]] == p["reference"] for p in predictions)
     accuracy = sum(p["prediction"] == p["reference"] for p in predictions) / len(predictions)
     assert accuracy == pytest.approx(metrics["eval_accuracy"])
     f1s = []

@@ -98,9 +98,9 @@ class Task:
         return None
 
     def trainer_class(self):
-        from transformers import Trainer
+        from ftune.trainers import FtuneTrainer
 
-        return Trainer
+        return FtuneTrainer
 
     def arguments_class(self):
         from transformers import TrainingArguments
