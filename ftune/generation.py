@@ -1,0 +1,168 @@
+"""Text generation from causal-LM and seq2seq models: `ftune generate`, and the summarize task's decoding.
+
+`generate_texts` is the reusable core: a loaded model, its tokenizer, prompts and `GenerationOptions` in,
+generated texts out. It batches prompts (left-padded for decoder-only models, so every prompt ends right
+where generation starts), strips the prompt from decoder-only outputs and stops at EOS.
+`load_generation_model` picks AutoModelForSeq2SeqLM for encoder-decoder configs and AutoModelForCausalLM
+otherwise, and reads ftune runs (full or LoRA), merged folders, Hub ids and GGUF files alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ftune.errors import UsageError
+
+
+@dataclass
+class GenerationOptions:
+    """Decoding settings; temperature 0 means greedy (deterministic) decoding, above 0 sampling."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    repetition_penalty: Optional[float] = None
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    seed: Optional[int] = None
+
+    def check(self) -> None:
+        if self.num_return_sequences > 1 and self.temperature <= 0 and self.num_beams < self.num_return_sequences:
+            raise UsageError(f"--num-return-sequences {self.num_return_sequences} needs sampling (--temperature "
+                             f"above 0) or --num-beams {self.num_return_sequences} or more")
+
+    def generate_kwargs(self, model, tokenizer) -> dict:
+        sampling = self.temperature > 0
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sampling, "num_beams": self.num_beams,
+                  "num_return_sequences": self.num_return_sequences,
+                  "pad_token_id": tokenizer.pad_token_id,
+                  "eos_token_id": model.generation_config.eos_token_id or tokenizer.eos_token_id}
+        if sampling:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            # Greedy or beam search: the model's own sampling defaults (some ship temperature/top_p) do not apply.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        return kwargs
+
+
+def is_encoder_decoder(model) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def generate_texts(model, tokenizer, prompts: list[str], options: GenerationOptions, *, batch_size: int = 8,
+                   chat: bool = False, streamer=None) -> list[list[str]]:
+    """For each prompt, its `num_return_sequences` generated texts (without the prompt)."""
+    import torch
+    from transformers import set_seed
+
+    options.check()
+    if chat:
+        prompts = apply_chat_template(tokenizer, prompts)
+    encoder_decoder = is_encoder_decoder(model)
+    device = next(model.parameters()).device
+    kwargs = options.generate_kwargs(model, tokenizer)
+    if options.seed is not None:
+        set_seed(options.seed)  # once, before the first batch: the same prompts and seed give the same texts
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if encoder_decoder else "left"
+    results: list[list[str]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            # A chat template already put in the special tokens (BOS) the model expects.
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat,
+                                truncation=encoder_decoder).to(device)
+            with torch.no_grad():
+                output = model.generate(**encoded, **kwargs, streamer=streamer)
+            new_tokens = output if encoder_decoder else output[:, encoded["input_ids"].shape[1]:]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            n = options.num_return_sequences
+            results += [texts[i * n:(i + 1) * n] for i in range(len(batch))]
+    finally:
+        tokenizer.padding_side = side
+    return results
+
+
+def apply_chat_template(tokenizer, prompts: list[str]) -> list[str]:
+    """Each prompt as one user turn of a conversation, followed by the assistant's generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError("--chat needs a tokenizer with a chat template, and this one has none; drop --chat")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
+def load_generation_model(source: str, gguf_file: Optional[str] = None):
+    """(model, tokenizer) in eval mode: an ftune run (full or base + LoRA adapter), a model folder or Hub id
+    (seq2seq when its config is encoder-decoder, else causal LM), or a GGUF file."""
+    import torch
+
+    from ftune.gguf_models import gguf_source, load_gguf_causal_lm, load_gguf_tokenizer
+    from ftune.models import load_model, load_run_model, load_tokenizer
+
+    path = Path(source).expanduser()
+    folder, gguf = gguf_source(source, gguf_file)
+    if (path / "ftune.yaml").is_file():
+        from ftune.rundir import open_run
+        from ftune.tasks import get_task_entry
+
+        run = open_run(path)
+        task = get_task_entry(run.task).load()
+        if task.model_class not in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM"):
+            raise UsageError(f"run {path} is a {run.task} run, which does not generate text; use ftune predict")
+        model, tokenizer = load_run_model(run, task), load_tokenizer(str(path))
+    elif gguf:
+        model, tokenizer = load_gguf_causal_lm(folder, gguf), load_gguf_tokenizer(folder, gguf)
+    else:
+        auto_class = "AutoModelForSeq2SeqLM" if _config_is_encoder_decoder(source) else "AutoModelForCausalLM"
+        model, tokenizer = load_model(auto_class, source), load_tokenizer(source)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    model.eval()
+    return model, tokenizer
+
+
+def _config_is_encoder_decoder(source: str) -> bool:
+    from transformers import AutoConfig
+
+    from ftune.hub import require_model
+
+    require_model(source)
+    try:
+        return bool(getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load the configuration of {source}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
+    """--prompt values, or a file of prompts: one per line (.txt), or JSON lines with a "prompt" field."""
+    if prompts and prompts_file:
+        raise UsageError("give either --prompt or --prompts-file, not both")
+    if prompts_file is None:
+        if not prompts:
+            raise UsageError("nothing to generate from: pass --prompt TEXT or --prompts-file FILE")
+        return list(prompts)
+    if not prompts_file.is_file():
+        raise UsageError(f"--prompts-file {prompts_file} does not exist; pass a .txt or .jsonl file")
+    lines = [line for line in prompts_file.read_text().splitlines() if line.strip()]
+    if prompts_file.suffix.lower() not in (".jsonl", ".json"):
+        found = lines
+    else:
+        found = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UsageError(f"{prompts_file} line {number} is not JSON; write one object per line") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise UsageError(f"{prompts_file} line {number} has no \"prompt\" text field; write "
+                                 "{\"prompt\": \"...\"} per line")
+            found.append(row["prompt"])
+    if not found:
+        raise UsageError(f"--prompts-file {prompts_file} holds no prompts")
+    return found
