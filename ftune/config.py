@@ -1,9 +1,11 @@
 """Typed run configurations and how they are resolved.
 
-Each training command has one dataclass: its fields are the command's options, their YAML keys and the
-keys of `ftune.yaml`. A value is resolved from four layers, lowest first:
+A training command's options are the fields of `TrainConfig` (what every task takes) plus the fields of
+its task's option group, a `TaskOptions` dataclass that the task module owns and `TrainConfig` holds as
+`task_options`. Both are flat for people: one `--flag` per field, one YAML key per field, and `ftune.yaml`
+lists them side by side. A value is resolved from four layers, lowest first:
 
-    the dataclass defaults  <  --config FILE.yaml  <  flags given on the command line  <  --set key=value
+    the defaults  <  --config FILE.yaml  <  flags given on the command line  <  --set key=value
 
 Unknown keys and invalid values are errors; every problem is reported at once, in one line.
 This module imports no torch, so the CLI can build its options from it cheaply.
@@ -12,6 +14,7 @@ This module imports no torch, so the CLI can build its options from it cheaply.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,20 @@ def option(default: Any, help: str, *, panel: str = "Training", choices: tuple =
     """A config field: its default, its `--help` text and the checks its value must pass."""
     return field(default=default, metadata={"help": help, "panel": panel, "choices": choices, "min": min,
                                             "max": max, "exclusive_min": exclusive_min, "short": short})
+
+
+@dataclass
+class TaskOptions:
+    """A task's own option group (its columns and settings). Subclasses live in the task modules.
+
+    `defaults` overrides defaults of the common options for this task (e.g. its default model).
+    """
+
+    defaults: typing.ClassVar[dict[str, Any]] = {}
+
+    def check(self, config: "TrainConfig") -> list[str]:
+        """Problems that involve several fields; each one a short phrase."""
+        return []
 
 
 @dataclass
@@ -94,8 +111,8 @@ class TrainConfig:
     load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit NF4 (needs --lora, a CUDA GPU and "
                                        "pip install 'ftune[qlora]').", panel="Hardware")
 
-    # Per-task defaults that differ from the field defaults above (e.g. the default model).
-    task_defaults: typing.ClassVar[dict[str, Any]] = {}
+    # The task's option group; flat in flags, YAML and ftune.yaml (see `to_dict`).
+    task_options: TaskOptions = field(default_factory=TaskOptions, metadata={"section": True})
 
     def check(self) -> list[str]:
         """Problems that involve several fields; each one a short phrase."""
@@ -112,7 +129,7 @@ class TrainConfig:
             problem = config_problem(self.accelerate_config)
             if problem:
                 problems.append(problem)
-        return problems
+        return problems + self.task_options.check(self)
 
     @property
     def learning_rate(self) -> float:
@@ -121,122 +138,42 @@ class TrainConfig:
         return 2e-4 if self.lora else 5e-5
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every option as one flat mapping: the common ones, then the task's."""
+        flat = dataclasses.asdict(self)
+        own = flat.pop("task_options")
+        return {**flat, **own}
 
-
-@dataclass
-class ClassifyConfig(TrainConfig):
-    """`ftune classify`: sequence classification of single texts or text pairs."""
-
-    text_column: Optional[str] = option(None, "Column with the text (detected: text, sentence, sentence1, "
-                                              "premise, question1, review, content).", panel="Data")
-    text_pair_column: Optional[str] = option(None, "Column with the second text of a pair (detected: "
-                                                   "sentence2, hypothesis, question2).", panel="Data")
-    label_column: Optional[str] = option(None, "Column with the label, strings or ints (detected: label, "
-                                               "labels, class, category, sentiment, rating).", panel="Data")
-
-
-@dataclass
-class LMConfig(TrainConfig):
-    """`ftune lm`: causal language modelling."""
-
-    text_column: Optional[str] = option(None, "Column of plain text, packed into --block-size blocks "
-                                              "(detected: text, content).", panel="Data")
-    prompt_column: Optional[str] = option(None, "Column with prompts; loss on the completion only.",
-                                          panel="Data")
-    completion_column: Optional[str] = option(None, "Column with completions (with --prompt-column).",
-                                              panel="Data")
-    messages_column: Optional[str] = option(None, "Column with chat conversations (a list of role/content), "
-                                                  "through the chat template.", panel="Data")
-    block_size: Optional[int] = option(None, "Tokens per packed block (default: the model's context, capped "
-                                             "at 1024).", panel="Data", min=8)
-    gguf_file: Optional[str] = option(None, "GGUF file inside the --model folder.", panel="Model")
-
-    task_defaults: typing.ClassVar[dict[str, Any]] = {"model": "gpt2", "max_length": 1024}
-
-    def check(self) -> list[str]:
-        problems = super().check()
-        if bool(self.prompt_column) != bool(self.completion_column):
-            given, missing = (("--prompt-column", "--completion-column") if self.prompt_column
-                              else ("--completion-column", "--prompt-column"))
-            problems.append(f"{given} needs {missing} too (the loss is on the completion of each prompt)")
-        shapes = [flag for flag, value in (("--text-column", self.text_column), ("--prompt-column", self.prompt_column),
-                                           ("--messages-column", self.messages_column)) if value]
-        if len(shapes) > 1:
-            problems.append(f"{' and '.join(shapes)} choose different data shapes; give one of them")
-        return problems
-
-
-@dataclass
-class QAConfig(TrainConfig):
-    """`ftune qa`: extractive question answering (SQuAD v1.1 and v2.0 style)."""
-
-    question_column: Optional[str] = option(None, "Column with the question (detected: question, query).",
-                                            panel="Data")
-    context_column: Optional[str] = option(None, "Column with the context (detected: context, paragraph, "
-                                                 "passage).", panel="Data")
-    answers_column: Optional[str] = option(None, "Column with the answers: SQuAD's {text, answer_start} or an "
-                                                 "answer text, its start taken from an answer_start column or found "
-                                                 "in the context (detected: answers, answer).", panel="Data")
-    doc_stride: int = option(128, "Token overlap between windows of a long context.", panel="Data", min=1)
-    max_answer_length: int = option(30, "Longest answer span in tokens.", panel="Data", min=1)
-    n_best: int = option(20, "Start/end candidates per window in post-processing.", panel="Data", min=1)
-    null_threshold: float = option(0.0, "SQuAD v2: answer only when the best span beats the no-answer score "
-                                        "by this margin.", panel="Data")
-
-    task_defaults: typing.ClassVar[dict[str, Any]] = {"max_length": 384}
-
-
-@dataclass
-class SummarizeConfig(TrainConfig):
-    """`ftune summarize`: seq2seq summarisation."""
-
-    source_column: Optional[str] = option(None, "Column with the document (detected: article, document, "
-                                                "text, dialogue).", panel="Data")
-    target_column: Optional[str] = option(None, "Column with the summary (detected: highlights, summary).",
-                                          panel="Data")
-    # A plain str, not Optional: an explicit "" must mean "no prefix", and None/"" would read as unset.
-    source_prefix: str = option("auto", "Text put before each source; 'auto' is 'summarize: ' for T5-family "
-                                        "models (t5, mt5, umt5, longt5) and nothing otherwise; '' for none.",
-                                panel="Data")
-    max_target_length: int = option(128, "Longest summary in tokens: labels are truncated to it and evaluation "
-                                          "generates at most this many new tokens.", panel="Data", min=1)
-    num_beams: int = option(1, "Beams when generating summaries for evaluation (1: greedy).", min=1)
-
-    task_defaults: typing.ClassVar[dict[str, Any]] = {"model": "t5-small", "max_length": 512}
-
-    def check(self) -> list[str]:
-        problems = super().check()
-        if self.source_column and self.source_column == self.target_column:
-            problems.append(f"--source-column and --target-column are both '{self.source_column}'; the summary "
-                            "must come from another column")
-        return problems
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some common options changed (the original is never mutated)."""
+        return dataclasses.replace(self, **changes)
 
 
 # --------------------------------------------------------------------------------------------------
 # Resolution
 
 
-def config_fields(cls: type[TrainConfig]) -> list[tuple[dataclasses.Field, Any]]:
-    """The fields of a config class with their resolved Python types."""
-    hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+def config_fields(options_class: type[TaskOptions]) -> list[tuple[dataclasses.Field, Any]]:
+    """The options of a task's command: the common fields, then the task's own, with resolved types."""
+    common = typing.get_type_hints(TrainConfig)
+    own = typing.get_type_hints(options_class)
+    return ([(f, common[f.name]) for f in dataclasses.fields(TrainConfig) if not f.metadata.get("section")]
+            + [(f, own[f.name]) for f in dataclasses.fields(options_class)])
 
 
-def default_of(cls: type[TrainConfig], name: str) -> Any:
-    if name in cls.task_defaults:
-        return cls.task_defaults[name]
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+def default_of(options_class: type[TaskOptions], name: str) -> Any:
+    if name in options_class.defaults:
+        return options_class.defaults[name]
+    f = {f.name: f for f, _ in config_fields(options_class)}[name]
     return f.default
 
 
-def resolve_config(cls: type[TrainConfig], *, layers: list[tuple[str, dict[str, Any]]]) -> TrainConfig:
+def resolve_config(options_class: type[TaskOptions], *, layers: list[tuple[str, dict[str, Any]]]) -> TrainConfig:
     """Merge `layers` (lowest first, each named for error messages) over the defaults and validate.
 
     Raises UsageError listing every unknown key and invalid value at once.
     """
-    fields_by_name = {f.name: (f, tp) for f, tp in config_fields(cls)}
-    values = {name: default_of(cls, name) for name in fields_by_name}
+    fields_by_name = {f.name: (f, tp) for f, tp in config_fields(options_class)}
+    values = {name: default_of(options_class, name) for name in fields_by_name}
     problems: list[str] = []
     for layer_name, layer in layers:
         for key, raw in layer.items():
@@ -251,7 +188,9 @@ def resolve_config(cls: type[TrainConfig], *, layers: list[tuple[str, dict[str, 
                 values[name] = coerce(raw, tp, f.metadata)
             except ValueError as exc:
                 problems.append(f"{_flag(name)} ({layer_name}): {exc}")
-    config = cls(**values)
+    own = {f.name for f in dataclasses.fields(options_class)}
+    task_options = options_class(**{k: v for k, v in values.items() if k in own})
+    config = TrainConfig(**{k: v for k, v in values.items() if k not in own}, task_options=task_options)
     problems += config.check()
     if problems:
         raise UsageError("invalid configuration: " + "; ".join(problems))
@@ -282,6 +221,8 @@ def coerce(raw: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
             value = float(raw)
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):  # NaN would pass every range check below
+            raise ValueError(f"expected a finite number, got {raw!r}")
     elif typing.get_origin(base) is list:
         items = raw.split(",") if isinstance(raw, str) else raw
         if not isinstance(items, (list, tuple)):

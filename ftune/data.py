@@ -27,6 +27,7 @@ FILE_READERS = {
     ".txt": ("text", {}),
 }
 EVAL_SPLIT_NAMES = ("validation", "valid", "dev", "val", "test")
+ID_COLUMNS = ("id", "idx", "guid")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test", "eval": "validation"}
 
@@ -131,15 +132,37 @@ def pick_column(columns: Iterable[str], given: Optional[str], candidates: Iterab
     return None
 
 
-def check_no_missing(ds, columns: Iterable[str], where: str) -> None:
-    """Raise if any row has no value in one of `columns`, naming the first rows so they can be fixed."""
+def check_no_missing(ds, columns: Iterable[str], where: str, ids: Optional[list] = None) -> None:
+    """Raise if any row has no value in one of `columns` (null, or blank text), naming the first such rows.
+
+    The check runs on the Arrow columns, not row by row. Rows are named by `ids` (the data's own ids or row
+    numbers) when given, else by their position in `ds`.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrow = ds.with_format("arrow")
     for column in columns:
-        values = ds[column]
-        bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+        values = arrow[column]
+        missing = pc.is_null(values)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            blank = pc.equal(pc.utf8_trim_whitespace(values), "")
+            missing = pc.or_(missing, pc.fill_null(blank, True))
+        bad = pc.indices_nonzero(missing).to_pylist()
         if bad:
-            shown = ", ".join(str(i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            named = [ids[i] for i in bad[:5]] if ids is not None else bad[:5]
+            shown = ", ".join(str(i) for i in named) + (" ..." if len(bad) > 5 else "")
             raise UsageError(f"{len(bad)} row(s) of {where} have no value in column '{column}' (rows {shown}); "
                              f"fill or remove them")
+
+
+def row_ids(rows, positions: Iterable[int]) -> list[Any]:
+    """What names each row in eval_predictions.jsonl: the data's own id column (id, idx, guid) when it has one,
+    else the row's 0-based index in its source split (`positions`, as recorded in split.json)."""
+    for name in ID_COLUMNS:
+        if name in rows.column_names:
+            return list(rows[name])
+    return list(positions)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,7 +175,14 @@ class HeldOutSplit:
 
     train: Any
     eval: Any
+    eval_ids: list[Any] = field(default_factory=list)   # what names each held-out row (see `row_ids`)
     record: dict[str, Any] = field(default_factory=dict)
+    train_indices: list[int] = field(default_factory=list)
+
+    @property
+    def train_ids(self) -> list[Any]:
+        """What names each training row in messages: its id, or its index in the source split."""
+        return row_ids(self.train, self.train_indices)
 
 
 def build_held_out_split(source, *, data: str, data_config: Optional[str], train_split: str,
@@ -201,7 +231,8 @@ def build_held_out_split(source, *, data: str, data_config: Optional[str], train
     record = {"source": data, "data_config": data_config, "train_split": train_split, **method,
               "train_rows": len(train_indices), "rows": len(eval_indices), "fingerprint": fingerprint(eval_rows),
               "indices": eval_indices}
-    return HeldOutSplit(train=train_full.select(train_indices), eval=eval_rows, record=record)
+    return HeldOutSplit(train=train_full.select(train_indices), eval=eval_rows,
+                        eval_ids=row_ids(eval_rows, eval_indices), record=record, train_indices=train_indices)
 
 
 def carve_indices(n: int, fraction: float, seed: int, labels: Optional[list] = None) -> tuple[list[int], list[int]]:
@@ -233,10 +264,12 @@ def fingerprint(ds) -> str:
     return digest.hexdigest()
 
 
-def reload_held_out_split(record: dict[str, Any], source_loader: Callable[[str, Optional[str]], Any] = None):
-    """The exact rows of a recorded split; raises UsageError if the data changed since training."""
-    loader = source_loader or load_source
-    source = loader(record["source"], record.get("data_config"))
+def reload_held_out_split(record: dict[str, Any], load: Callable[[str, Optional[str]], Any]) -> tuple[Any, list]:
+    """The exact rows of a recorded split and their ids; raises UsageError if the data changed since training.
+
+    `load(data, data_config)` reads the source the way the run's task reads it.
+    """
+    source = load(record["source"], record.get("data_config"))
     split = record["eval_split"]
     if split not in source:
         raise UsageError(f"split '{split}' recorded for this run is gone from {record['source']}; "
@@ -250,4 +283,4 @@ def reload_held_out_split(record: dict[str, Any], source_loader: Callable[[str, 
     if fingerprint(rows) != record["fingerprint"]:
         raise UsageError(f"the held-out rows of {record['source']} changed since training (fingerprint differs); "
                          "pass --data/--split to score the data as it is now")
-    return rows
+    return rows, row_ids(rows, indices)

@@ -21,12 +21,6 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def _initialised() -> bool:
-    import torch.distributed as td
-
-    return world_size() > 1 and td.is_available() and td.is_initialized()
-
-
 def _ensure_process_group() -> None:
     """Join the launcher's process group (Trainer would do it later; ftune needs it for its own barriers)."""
     if world_size() > 1:

@@ -1,4 +1,4 @@
-"""Text generation from causal-LM and seq2seq models: `ftune generate`, and the summarize task's decoding.
+"""Text generation from causal-LM and seq2seq models: `ftune generate`.
 
 `generate_texts` is the reusable core: a loaded model, its tokenizer, prompts and `GenerationOptions` in,
 generated texts out. It batches prompts (left-padded for decoder-only models, so every prompt ends right
@@ -98,45 +98,28 @@ def apply_chat_template(tokenizer, prompts: list[str]) -> list[str]:
 
 
 def load_generation_model(source: str, gguf_file: Optional[str] = None):
-    """(model, tokenizer) in eval mode: an ftune run (full or base + LoRA adapter), a model folder or Hub id
-    (seq2seq when its config is encoder-decoder, else causal LM), or a GGUF file."""
+    """(model, tokenizer) in eval mode: an ftune run (full or base + LoRA adapter) whose task generates text, a
+    model folder or Hub id (seq2seq when its config is encoder-decoder, else causal LM), or a GGUF file."""
     import torch
 
-    from ftune.gguf_models import gguf_source, load_gguf_causal_lm, load_gguf_tokenizer
-    from ftune.models import load_model, load_run_model, load_tokenizer
+    from ftune.models import ModelSource, load_run_model, load_run_tokenizer
+    from ftune.rundir import CONFIG_FILE, open_run
 
-    path = Path(source).expanduser()
-    folder, gguf = gguf_source(source, gguf_file)
-    if (path / "ftune.yaml").is_file():
-        from ftune.rundir import open_run
-        from ftune.tasks import get_task_entry
-
-        run = open_run(path)
-        task = get_task_entry(run.task).load()
-        if task.model_class not in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM"):
-            raise UsageError(f"run {path} is a {run.task} run, which does not generate text; use ftune predict")
-        model, tokenizer = load_run_model(run, task), load_tokenizer(str(path))
-    elif gguf:
-        model, tokenizer = load_gguf_causal_lm(folder, gguf), load_gguf_tokenizer(folder, gguf)
+    if (Path(source).expanduser() / CONFIG_FILE).is_file():
+        run = open_run(Path(source).expanduser())
+        if not run.task.generates_text:
+            raise UsageError(f"run {source} is a {run.task.name} run, which does not generate text; use ftune "
+                             "predict")
+        model, tokenizer = load_run_model(run), load_run_tokenizer(run)
     else:
-        auto_class = "AutoModelForSeq2SeqLM" if _config_is_encoder_decoder(source) else "AutoModelForCausalLM"
-        model, tokenizer = load_model(auto_class, source), load_tokenizer(source)
+        model_source = ModelSource.parse(source, gguf_file)
+        encoder_decoder = bool(getattr(model_source.load_config(), "is_encoder_decoder", False))
+        auto_class = "AutoModelForSeq2SeqLM" if encoder_decoder else "AutoModelForCausalLM"
+        model, tokenizer = model_source.load_model(auto_class), model_source.load_tokenizer()
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
     return model, tokenizer
-
-
-def _config_is_encoder_decoder(source: str) -> bool:
-    from transformers import AutoConfig
-
-    from ftune.hub import require_model
-
-    require_model(source)
-    try:
-        return bool(getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load the configuration of {source}: {str(exc).strip().splitlines()[0]}") from None
 
 
 def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:

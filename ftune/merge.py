@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ftune.errors import UsageError
 from ftune.hub import ensure_offline_if_unreachable
-from ftune.report import echo
+from ftune import console
 from ftune.rundir import open_run
 
 
@@ -26,14 +26,13 @@ def merge_run(run_path: Path, output_dir: Path, *, overwrite: bool = False) -> P
             raise UsageError(f"{output_dir} holds something other than a model; choose another folder")
         shutil.rmtree(output_dir)
 
-    from ftune.models import load_run_model, load_tokenizer
-    from ftune.tasks import get_task_entry
+    from ftune.models import load_run_model, load_run_tokenizer
 
-    task = get_task_entry(run.task).load()
-    model = load_run_model(run, task).merge_and_unload()
-    tokenizer = load_tokenizer(str(run.path))
+    model = load_run_model(run).merge_and_unload()
+    tokenizer = load_run_tokenizer(run)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
-    echo(f"merged {run.path} into {run.config['model']}: standalone {type(model).__name__} saved to {output_dir}")
+    console.info(f"merged {run.path} into {run.config.model}: standalone {type(model).__name__} saved to "
+                 f"{output_dir}")
     return output_dir

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from ftune import __version__
-from ftune.report import format_value
+from ftune.console import format_value
 
 
-def write_model_card(path: Path, task, config, state: dict[str, Any], split: dict[str, Any],
-                     metrics: dict[str, Any]) -> None:
+def model_card(path: Path, task, config, state: dict[str, Any], split: dict[str, Any],
+               metrics: dict[str, Any]) -> str:
+    """The text of the run's README.md."""
     method = (f"LoRA (r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
               f"targets={','.join(config.lora_targets) if config.lora_targets else 'default for the architecture'})"
               if config.lora else "full fine-tuning")
@@ -46,10 +47,10 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 ## Use
 
 ```python
-{task.model_card_usage(str(Path(path).resolve()), config.lora, state)}
+{task.model_card_usage(config, state, str(Path(path).resolve()))}
 ```
 
 Or with ftune: `ftune eval {path}`, `ftune predict {path} ...`{f', `ftune merge {path} --output-dir MERGED`' if config.lora else ''}.
 The full configuration is in `ftune.yaml`; the held-out rows are recorded in `split.json`.
 """
-    (Path(path) / "README.md").write_text(text)
+    return text

@@ -1,54 +1,182 @@
-"""Loading tokenizers and models — from the Hub, a folder, or a finished run (full or LoRA)."""
+"""Where models come from, in one place: a Hub id, a local folder, a finished ftune run (full or LoRA), or a
+local GGUF file — with their tokenizers and configurations, and one-line errors when they cannot be loaded.
+
+GGUF files are read through transformers' GGUF support, which dequantises every tensor to float, so the model
+trains like any other; the quantizer object and config entry it leaves behind would make transformers treat the
+model as quantized (no full fine-tuning, a `quantization_config` in the saved config.json), so they are dropped
+right after loading and runs save ordinary safetensors.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ftune.errors import UsageError
 from ftune.hub import require_model
 
 
-def load_tokenizer(name: str, **kwargs):
-    """The model's tokenizer (fast when one exists), with a pad token so batches can be padded."""
-    from transformers import AutoTokenizer
+@dataclass(frozen=True)
+class ModelSource:
+    """A model as given to --model: `location` is what from_pretrained reads (a Hub id or a folder); `gguf` the
+    absolute path of a GGUF file inside that folder, when the model is one."""
 
-    require_model(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load a tokenizer from {name}: {_first_line(exc)}") from None
-    if tokenizer.pad_token is None:
-        # Decoder-only tokenizers (GPT-2, Llama) have none; padding is masked out, so EOS serves.
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
+    name: str
+    location: str
+    gguf: Optional[str] = None
+
+    @classmethod
+    def parse(cls, model: str, gguf_file: Optional[str] = None) -> "ModelSource":
+        """A `.gguf` path, a folder plus `gguf_file`, or any other Hub id or folder."""
+        path = Path(model).expanduser()
+        if path.suffix.lower() == ".gguf":
+            if gguf_file and Path(gguf_file).name != path.name:
+                raise UsageError(f"--model {model} is already a .gguf file; drop --gguf-file {gguf_file}")
+            if not path.is_file():
+                raise UsageError(f"GGUF file {model} does not exist; check the path given to --model")
+            return cls(model, str(path.resolve().parent), str(path.resolve()))
+        if not gguf_file:
+            return cls(model, model)
+        file = Path(gguf_file).expanduser()
+        file = file if file.is_absolute() else path / file
+        if not file.is_file():
+            raise UsageError(f"GGUF file {file} does not exist; --gguf-file names a .gguf file inside the --model "
+                             "folder")
+        return cls(model, str(file.resolve().parent), str(file.resolve()))
+
+    @property
+    def display_name(self) -> str:
+        path = Path(self.name)
+        name = path.name if path.exists() else self.name.split("/")[-1]
+        return name.removesuffix(".gguf")
+
+    def require(self) -> None:
+        """Fail fast when the model is neither local nor reachable (see ftune.hub), or is only an adapter."""
+        if self.gguf:
+            return
+        require_model(self.location)
+        folder = Path(self.location).expanduser()
+        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            raise UsageError(f"{self.name} is a LoRA adapter, not a whole model; make one with `ftune merge "
+                             f"{self.name} --output-dir MERGED` and pass MERGED to --model")
+
+    def load_config(self):
+        """The model's transformers configuration."""
+        from transformers import AutoConfig
+
+        self.require()
+        try:
+            if self.gguf:
+                return AutoConfig.from_pretrained(self.location, gguf_file=self.gguf)
+            return AutoConfig.from_pretrained(self.location)
+        except Exception as exc:  # noqa: BLE001 — config readers (gguf, json) raise many types
+            if self.gguf:
+                raise UsageError(f"cannot read GGUF file {self.gguf}: {_short(exc)}; pass a GGUF model transformers "
+                                 "supports") from None
+            raise UsageError(f"cannot load the configuration of {self.name}: {_first_line(exc)}") from None
+
+    def context_length(self, default: int = 1024) -> int:
+        """The longest input the model's positions allow (its config's position limit)."""
+        config = self.load_config()
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return default
+
+    def load_tokenizer(self):
+        """The model's tokenizer (fast when one exists), with a pad token so batches can be padded."""
+        from transformers import AutoTokenizer
+
+        self.require()
+        if self.gguf:
+            require_causal_lm(self.load_config(), f"GGUF file {self.gguf}")  # a clear error before the tokenizer's
+        try:
+            kwargs = {"gguf_file": self.gguf} if self.gguf else {}
+            tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load a tokenizer from {self.name}: {_first_line(exc)}") from None
+        if tokenizer.pad_token is None:
+            # Decoder-only tokenizers (GPT-2, Llama) have none; padding is masked out, so EOS serves.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        return tokenizer
+
+    def load_model(self, auto_class: str, **kwargs: Any):
+        """`AutoModelFor...from_pretrained` (a GGUF file dequantised), with a one-line error when it cannot be."""
+        import transformers
+
+        self.require()
+        if self.gguf:
+            return _load_gguf(auto_class, self.location, self.gguf, self.load_config())
+        cls = getattr(transformers, auto_class)
+        try:
+            return cls.from_pretrained(self.location, **kwargs)
+        except ValueError as exc:
+            if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
+                raise UsageError(f"{self.name} cannot be loaded as {auto_class.removeprefix('AutoModelFor')}: "
+                                 f"{_first_line(exc)}") from None
+            raise
+        except OSError as exc:
+            raise UsageError(f"cannot load model {self.name}: {_first_line(exc)}") from None
 
 
-def load_model(auto_class: str, name: str, **kwargs):
-    """`AutoModelFor...from_pretrained(name)`, with a one-line error when it cannot be loaded."""
-    import transformers
+def require_causal_lm(config, where: str) -> None:
+    """Raise UsageError unless `config` describes a decoder-only model AutoModelForCausalLM can build."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    require_model(name)
-    cls = getattr(transformers, auto_class)
-    try:
-        return cls.from_pretrained(name, **kwargs)
-    except ValueError as exc:
-        if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
-            raise UsageError(f"{name} cannot be loaded as {auto_class.removeprefix('AutoModelFor')}: "
-                             f"{_first_line(exc)}") from None
-        raise
-    except OSError as exc:
-        raise UsageError(f"cannot load model {name}: {_first_line(exc)}") from None
+    if getattr(config, "is_encoder_decoder", False) or type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise UsageError(f"{where} holds a {getattr(config, 'model_type', 'unknown')} model, which is not a causal "
+                         "language model; ftune lm needs a decoder-only model (GPT-2, Llama, ...)")
 
 
-def load_run_model(run, task, **base_kwargs: Any):
-    """The trained model of a finished run: full weights, or the base model plus the run's LoRA adapter."""
+def _load_gguf(auto_class: str, folder: str, file: str, config):
+    """AutoModelForCausalLM from a GGUF file, dequantised to float32 and free of quantizer state."""
+    from transformers import AutoModelForCausalLM
+
+    if auto_class != "AutoModelForCausalLM":
+        raise UsageError(f"{file} is a GGUF causal LM; fine-tune it with ftune lm")
+    require_causal_lm(config, f"GGUF file {file}")
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype="float32")
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)  # quantizer, config entry, is_quantized flag
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._is_quantized = False
+    # Recorded by peft as the adapter's base model: the file itself, so people see what to load.
+    model.name_or_path = file
+    return model
+
+
+def load_run_model(run, **base_kwargs: Any):
+    """The trained model of a finished run: its full weights, or its base model plus its LoRA adapter."""
+    task = run.task
     if not run.is_lora:
-        return load_model(task.model_class, str(run.path), **base_kwargs)
+        return ModelSource(str(run.path), str(run.path)).load_model(task.model_class, **base_kwargs)
     from peft import PeftModel
 
-    base = task.load_base_model(run.config, run.info.get("state", {}), **base_kwargs)
+    base = task.model_source(run.config).load_model(task.model_class, **task.base_model_kwargs(run.state),
+                                                    **base_kwargs)
+    adapter = run.path / "adapter_model.safetensors"
+    if not adapter.is_file() and not (run.path / "adapter_model.bin").is_file():
+        raise UsageError(f"run {run.path} has an adapter_config.json but no adapter weights "
+                         f"({adapter.name}); retrain the run or restore the file")
     return PeftModel.from_pretrained(base, str(run.path))
+
+
+def load_run_tokenizer(run):
+    """The tokenizer a run saved (a LoRA run keeps one beside its adapter)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(run.path))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load the tokenizer of run {run.path}: {_first_line(exc)}; retrain the run or "
+                         "restore its tokenizer files") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
 
 
 def _first_line(exc: BaseException) -> str:
@@ -56,6 +184,5 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def model_display_name(name: str) -> str:
-    path = Path(name)
-    return path.name if path.exists() else name.split("/")[-1]
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -1,78 +1,106 @@
-"""`ftune predict RUN`: inference with a finished classify, qa or summarize run."""
+"""`ftune predict RUN`: inference with a finished run, through the task's one predict path.
+
+Inputs are the values of the task's own options (`--text`, `--question` ...; each task declares them) or the
+rows of an --input file; the task's predict settings (e.g. `--num-beams`) override the run's options for this
+call only. Predictions are JSON lines on stdout, or a .jsonl/.csv file.
+"""
 
 from __future__ import annotations
 
 import csv
-import json
-import sys
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+from ftune import console
 from ftune.errors import UsageError
 from ftune.hub import ensure_offline_if_unreachable
 from ftune.rundir import open_run, write_jsonl
 
 
-def predict_run(run_path: Path, *, texts: list[str], text_pairs: list[str], questions: list[str],
-                contexts: list[str], input_file: Optional[Path], output: Optional[Path], batch_size: int,
-                **extra) -> list[dict]:
-    """Predict for the given inputs and write JSON lines (stdout) or a .jsonl/.csv file."""
+def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[str, Any],
+                input_file: Optional[Path], output: Optional[Path], batch_size: int) -> list[dict]:
+    """Predict for the given inputs and write JSON lines (stdout) or a .jsonl/.csv file.
+
+    `inputs` and `settings` hold the values of the predict options that were given, by flag
+    (e.g. {"--text": ["..."]}, {"--num-beams": 2}); the run's task says which of them it takes.
+    """
     ensure_offline_if_unreachable()
     run = open_run(run_path)
-    from ftune.tasks import get_task_entry
-
-    task = get_task_entry(run.task).load()
-    state = run.info.get("state", {})
+    task = run.task
+    input_names = {i.flag: i.name for i in task.predict_inputs}
+    setting_keys = {s.flag: s.key for s in task.predict_settings}
+    foreign = [flag for flag in [*inputs, *settings] if flag not in input_names and flag not in setting_keys]
+    if foreign:
+        takes = ", ".join([*input_names, *setting_keys]) or "only --input"
+        raise UsageError(f"{', '.join(foreign)} does not apply to {task.name} runs; they take {takes}")
     if output is not None and output.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise UsageError(f"--output {output}: use a .jsonl or .csv file name")
     if input_file is not None:
-        if texts or questions:
-            raise UsageError("give either --input FILE or inline inputs (--text/--question), not both")
-        inputs = read_input_file(input_file)
+        if inputs:
+            raise UsageError(f"give either --input FILE or {', '.join(inputs)}, not both")
+        rows, names = read_input_file(input_file)
     else:
-        inputs = task.inputs_from_options(state, {"texts": texts, "text_pairs": text_pairs, "questions": questions,
-                                                  "contexts": contexts, **extra})
+        rows = task.inputs_from_options(run.config, run.state, {input_names[f]: v for f, v in inputs.items()})
+        names = [f"input {i + 1}" for i in range(len(rows))]
+    config = run.config
+    if settings:
+        from ftune.config import resolve_config
 
-    from ftune.models import load_run_model, load_tokenizer
+        overrides = {setting_keys[flag]: value for flag, value in settings.items()}
+        config = resolve_config(task.options_class, layers=[("ftune.yaml", config.to_dict()),
+                                                             ("predict options", overrides)])
 
-    tokenizer = load_tokenizer(str(run.path))
-    model = load_run_model(run, task)
-    model.eval()
-    import torch
+    from ftune.models import load_run_model, load_run_tokenizer
+    from ftune.trainers import inference_trainer
 
-    if torch.cuda.is_available():
-        model.to("cuda")
-    # Inference options given to this command (e.g. --num-beams) override the run's settings.
-    settings = {**run.config, **{k: v for k, v in extra.items() if v is not None}}
-    results = task.predict(model, tokenizer, settings, state, inputs, batch_size)
+    tokenizer = load_run_tokenizer(run)
+    model = load_run_model(run)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = inference_trainer(task, config, run.state, model, tokenizer, precision=run.precision,
+                                    batch_size=batch_size, scratch=scratch)
+        results = task.predict(config, trainer, tokenizer, run.state, rows, names)
     write_predictions(results, output)
     return results
 
 
-def read_input_file(path: Path) -> list[dict]:
-    """Rows of a .csv/.tsv/.json/.jsonl/.parquet file, as dicts."""
+def read_input_file(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of a .csv/.tsv/.json/.jsonl/.parquet file as dicts, and how the user knows each row (its line)."""
     from ftune.data import load_source
 
     if not path.is_file():
         raise UsageError(f"--input {path} does not exist; pass a .csv, .tsv, .jsonl, .json or .parquet file")
-    ds = load_source(str(path))["train"]
-    return [dict(row) for row in ds]
+    rows = [dict(row) for row in load_source(str(path))["train"]]
+    suffix = path.suffix.lower()
+    first_line = {".csv": 2, ".tsv": 2, ".jsonl": 1}.get(suffix)  # csv/tsv: line 1 is the header
+    if first_line is not None and not _has_blank_lines(path):
+        names = [f"{path.name} line {i + first_line}" for i in range(len(rows))]
+    else:
+        names = [f"{path.name} row {i + 1}" for i in range(len(rows))]
+    return rows, names
+
+
+def _has_blank_lines(path: Path) -> bool:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        return any(not line.strip() for line in handle)
 
 
 def write_predictions(results: list[dict], output: Optional[Path]) -> None:
     if output is None:
-        for row in results:
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        console.result_rows(results)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".csv":
+        import json
+
         fields = list(dict.fromkeys(k for row in results for k in row))
-        with output.open("w", newline="") as out:
+        tmp = output.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=fields)
             writer.writeheader()
             for row in results:
                 writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+        tmp.replace(output)
     else:
         write_jsonl(output, results)
-    print(f"wrote {len(results)} predictions to {output}", file=sys.stderr)
+    console.note(f"wrote {len(results)} predictions to {output}")

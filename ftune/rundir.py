@@ -1,8 +1,9 @@
-"""The run directory: claiming it safely, writing its files, and reading a finished run back.
+"""The run directory: claiming it safely, every file ftune writes into it, and reading a finished run back.
 
 A run is finished when `train_results.json` exists: it is written last, after the model, the metrics
 and the model card, so an interrupted run never looks finished. While a run trains, `.ftune.lock`
-holds the process id, so a second run cannot write into the same folder.
+holds the process id, so a second run cannot write into the same folder. Every file name of a run is
+defined here, and written by RunDir's methods.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ import re
 import shutil
 import socket
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+from ftune.config import RUN_INFO_KEY
 from ftune.errors import UsageError
 
-FINISHED_MARKER = "train_results.json"
-CONFIG_FILE = "ftune.yaml"
+CONFIG_FILE = "ftune.yaml"                 # every option as resolved, plus what the run derived
+SPLIT_FILE = "split.json"                  # how the held-out split was made, and its rows
+TRAIN_RESULTS = "train_results.json"       # written last: the run is finished
+FINISHED_MARKER = TRAIN_RESULTS
+EVAL_RESULTS = "eval_results.json"
+EVAL_PREDICTIONS = "eval_predictions.jsonl"
+EVAL_DETAILS = "eval_details.json"
+MODEL_CARD = "README.md"
 LOCK_FILE = ".ftune.lock"
 
 
@@ -91,8 +100,54 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> Path:
         target = self.path / name
-        target.write_text(text)
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
         return target
+
+    # ---- the run's files --------------------------------------------------------------------------
+    def write_config(self, task_name: str, config, state: dict[str, Any], precision: str) -> None:
+        """ftune.yaml: every option as resolved, and under `run:` what the run derived (labels, versions)."""
+        import yaml
+
+        info = {"task": task_name, "precision": precision, "created": datetime.now().isoformat(timespec="seconds"),
+                "state": state, "versions": library_versions()}
+        body = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+        tail = yaml.safe_dump({RUN_INFO_KEY: info}, sort_keys=False, allow_unicode=True)
+        header = (f"# ftune {task_name} run configuration, resolved. Rerun with:\n"
+                  f"#   ftune {task_name} --config {self.path / CONFIG_FILE} --output-dir NEW_DIR\n")
+        self.write_text(CONFIG_FILE, header + body + tail)
+
+    def write_split(self, record: dict[str, Any]) -> None:
+        self.write_json(SPLIT_FILE, record)
+
+    def write_evaluation(self, evaluation) -> None:
+        """eval_results.json, eval_predictions.jsonl and (when the task has them) eval_details.json."""
+        self.write_json(EVAL_RESULTS, evaluation.metrics)
+        self.write_jsonl(EVAL_PREDICTIONS, evaluation.predictions)
+        if evaluation.details:
+            self.write_json(EVAL_DETAILS, evaluation.details)
+
+    def write_model_card(self, text: str) -> None:
+        self.write_text(MODEL_CARD, text)
+
+    def write_train_results(self, metrics: dict[str, Any]) -> None:
+        """Last of all: from now on the run is finished."""
+        self.write_json(TRAIN_RESULTS, metrics)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ftune import __version__
+
+    found = {"ftune": __version__}
+    for name in ("torch", "transformers", "accelerate", "datasets", "evaluate", "peft", "tokenizers"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def write_jsonl(target: Path, rows: Iterable[dict]) -> None:
@@ -134,25 +189,30 @@ def _alive(pid: int) -> bool:
 
 @dataclass
 class FinishedRun:
-    """A run directory read back: its resolved config, run info and held-out split record."""
+    """A run directory read back: its task, its resolved configuration, what it derived, its held-out split."""
 
     path: Path
-    config: dict[str, Any]
-    info: dict[str, Any]
-    split: dict[str, Any]
-
-    @property
-    def task(self) -> str:
-        return self.info["task"]
+    task: Any                   # the Task object (ftune.tasks)
+    config: Any                 # TrainConfig, resolved from ftune.yaml
+    state: dict[str, Any]       # what the run derived: columns, labels ...
+    info: dict[str, Any]        # ftune.yaml's `run:` section
+    split: dict[str, Any]       # split.json
 
     @property
     def is_lora(self) -> bool:
         return (self.path / "adapter_config.json").is_file()
 
+    @property
+    def precision(self) -> str:
+        return self.info.get("precision", "fp32")
+
 
 def open_run(path: str | Path) -> FinishedRun:
     """Read a finished run, or raise UsageError naming what is missing."""
     import yaml
+
+    from ftune.config import resolve_config
+    from ftune.tasks import get_task
 
     path = Path(path)
     if not path.is_dir():
@@ -162,8 +222,10 @@ def open_run(path: str | Path) -> FinishedRun:
         raise UsageError(f"{path} is not an ftune run (no {CONFIG_FILE}); pass the --output-dir of a training run")
     if not (path / FINISHED_MARKER).is_file():
         raise UsageError(f"run {path} did not finish; resume it with the same training command and --resume")
-    config = yaml.safe_load(config_file.read_text()) or {}
-    info = config.pop("run", {})
-    split_file = path / "split.json"
+    saved = yaml.safe_load(config_file.read_text()) or {}
+    info = saved.pop(RUN_INFO_KEY, {})
+    task = get_task(info.get("task", ""))
+    config = resolve_config(task.options_class, layers=[(str(config_file), saved)])
+    split_file = path / SPLIT_FILE
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
-    return FinishedRun(path=path, config=config, info=info, split=split)
+    return FinishedRun(path=path, task=task, config=config, state=info.get("state", {}), info=info, split=split)

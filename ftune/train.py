@@ -1,8 +1,8 @@
-"""The one training spine every task recipe runs through.
+"""The one training spine every task runs through.
 
-    claim the run directory -> write ftune.yaml -> load data -> held-out split (split.json)
-    -> tokenizer, model (+ LoRA) -> features -> Trainer -> train -> save model
-    -> score the held-out split -> eval_results.json, eval_predictions.jsonl -> model card
+    claim the run directory -> load data -> columns -> held-out split (split.json) -> tokenizer
+    -> the task's checks and state (ftune.yaml) -> model (+ LoRA) -> features -> Trainer -> train
+    -> save model -> score the held-out split -> eval_results.json, eval_predictions.jsonl -> model card
     -> trainer_state.json -> train_results.json (written last: the run is finished)
 
 Only rank 0 writes files and prints; every rank computes the same split from the same seed.
@@ -16,30 +16,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ftune import console
 from ftune import distributed as dist
 from ftune.config import TrainConfig
 from ftune.errors import UsageError
-from ftune.hub import ensure_offline_if_unreachable, require_model
-from ftune.report import echo, metrics_table
-from ftune.rundir import CONFIG_FILE, RunDir
-from ftune.tasks import get_task_entry
+from ftune.hub import ensure_offline_if_unreachable
+from ftune.rundir import RunDir
 
 
-def default_output_dir(task: str, model: str) -> str:
-    from ftune.models import model_display_name
-
+def default_output_dir(task, config: TrainConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / f"{task}-{model_display_name(model).removesuffix('.gguf')}-{stamp}")
+    return str(Path("runs") / f"{task.name}-{task.model_source(config).display_name}-{stamp}")
 
 
-def run_training(task_name: str, config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train one run end to end and return its directory."""
     ensure_offline_if_unreachable()  # before transformers/datasets are imported: they read it once
-    task = get_task_entry(task_name).load()
     if not config.output_dir:
-        config.output_dir = dist.broadcast_object(default_output_dir(task_name, config.model))
+        config = config.replace(output_dir=dist.broadcast_object(default_output_dir(task, config)))
     run = RunDir(Path(config.output_dir))
-    require_model(config.model)
+    task.model_source(config).require()
     created = not run.path.exists()
     if dist.is_main_process():
         run.claim(resume=resume, overwrite=overwrite)
@@ -70,9 +66,9 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
         check_4bit_support()
     main = dist.is_main_process()
 
-    source = task.load_source(config)
-    columns = task.resolve_columns(config, list(source[config.train_split].column_names)
-                                   if config.train_split in source else list(next(iter(source.values())).column_names))
+    source = task.load_source(config, config.data, config.data_config)
+    first = source[config.train_split] if config.train_split in source else next(iter(source.values()))
+    columns = task.resolve_columns(config, list(first.column_names))
     split = build_held_out_split(
         source, data=config.data, data_config=config.data_config, train_split=config.train_split,
         eval_split=config.eval_split, val_fraction=config.val_fraction, seed=config.seed,
@@ -81,8 +77,8 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
     tokenizer = task.load_tokenizer(config)
     state = task.prepare_state(config, split, columns)
     if main:
-        write_config(run, task.name, config, state, precision)
-        run.write_json("split.json", split.record)
+        run.write_config(task.name, config, state, precision)
+        run.write_split(split.record)
 
     model = task.load_model(config, tokenizer, state)
     if config.load_in_4bit:
@@ -94,51 +90,53 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.lora:
         model = wrap_with_lora(model, config, task.peft_task_type)
-    train_ds = task.preprocess(config, tokenizer, split.train, state, training=True)
-    eval_ds = task.preprocess(config, tokenizer, split.eval, state, training=False)
+    train_features = task.features(config, tokenizer, split.train, state, purpose="train")
+    eval_features = task.features(config, tokenizer, split.eval, state, purpose="eval")
 
-    trainer = build_trainer(task, config, run.path, model, tokenizer, train_ds, eval_ds, state, precision)
+    trainer = build_trainer(task, config, state, run.path, model, tokenizer, train_features,
+                            task.model_inputs(eval_features),
+                            task.metrics_function(config, tokenizer, state, split.eval, eval_features), precision)
     world = dist.world_size()
     effective = config.batch_size * config.grad_accum * world
-    if main:
-        echo(f"ftune {task.name}: {config.model} on {config.data} — {len(split.train):,} train rows, "
-             f"{len(split.eval):,} held-out rows ({split.record['method']}: {split.record['eval_split']})")
-        echo(f"{'LoRA' if config.lora else 'full fine-tuning'}: {trainable_summary(model)}; precision {precision}; "
-             f"effective batch {effective} = {config.batch_size} per device x {world} process(es) x "
-             f"{config.grad_accum} accumulation; output {run.path}")
+    console.info(f"ftune {task.name}: {config.model} on {config.data} — {len(split.train):,} train rows, "
+                 f"{len(split.eval):,} held-out rows ({split.record['method']}: {split.record['eval_split']})")
+    console.info(f"{'LoRA' if config.lora else 'full fine-tuning'}: {trainable_summary(model)}; precision "
+                 f"{precision}; effective batch {effective} = {config.batch_size} per device x {world} process(es) "
+                 f"x {config.grad_accum} accumulation; output {run.path}")
 
     checkpoint = run.last_checkpoint() if resume else None
-    if resume and checkpoint is None and main:
-        echo("no checkpoint to resume from yet; starting the run from the beginning")
+    if resume and checkpoint is None:
+        console.info("no checkpoint to resume from yet; starting the run from the beginning")
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     trainer.save_model(str(run.path))
-    evaluation = task.evaluate(trainer, tokenizer, config, split.eval, state)
+    evaluation = task.evaluate(config, trainer, tokenizer, state, split.eval, split.eval_ids,
+                               features=eval_features)
     if main:
-        write_evaluation(run, evaluation)
+        from ftune.modelcard import model_card
+
+        run.write_evaluation(evaluation)
         trainer.save_state()
         train_metrics = dict(train_output.metrics)
         train_metrics.update({"train_samples": len(split.train), "effective_batch_size": effective,
                               "world_size": world, "wall_seconds": round(time.time() - started, 1)})
-        from ftune.modelcard import write_model_card
-
-        write_model_card(run.path, task, config, state, split.record, evaluation.metrics)
+        run.write_model_card(model_card(run.path, task, config, state, split.record, evaluation.metrics))
         run.remove_checkpoints()
-        run.write_json("train_results.json", train_metrics)  # last: marks the run finished
-        echo(metrics_table(evaluation.metrics, title=f"held-out metrics ({len(split.eval):,} rows)"))
-        if evaluation.table:
-            echo(evaluation.table)
-        echo(f"run saved to {run.path}")
+        run.write_train_results(train_metrics)  # last: marks the run finished
+    console.info(console.metrics_table(evaluation.metrics, title=f"held-out metrics ({len(split.eval):,} rows)"))
+    if evaluation.table:
+        console.info(evaluation.table)
+    console.info(f"run saved to {run.path}")
     dist.wait_for_everyone()
     return run.path
 
 
-def build_trainer(task, config: TrainConfig, output_dir: Path, model, tokenizer, train_ds, eval_ds,
-                  state: dict[str, Any], precision: str):
-    """A Trainer (or the task's subclass) with ftune's defaults: dynamic padding, length-grouped batches,
-    evaluation and a checkpoint every epoch, the best model by the task's main metric kept at the end."""
+def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: Path, model, tokenizer, train_ds,
+                  eval_ds, compute_metrics, precision: str):
+    """The task's Trainer with ftune's defaults: dynamic padding, length-grouped batches, evaluation and a
+    checkpoint every epoch, the best model by the task's main metric kept at the end."""
     import torch
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, TrainingArguments
 
     from ftune.precision import precision_arguments
 
@@ -151,7 +149,7 @@ def build_trainer(task, config: TrainConfig, output_dir: Path, model, tokenizer,
                     "save_steps": config.max_steps}
     else:
         schedule = {"eval_strategy": "epoch", "save_strategy": "epoch"}
-    args = task.arguments_class()(
+    args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
@@ -184,7 +182,6 @@ def build_trainer(task, config: TrainConfig, output_dir: Path, model, tokenizer,
         torch_compile=config.compile,
         **schedule,
         **precision_arguments(precision),
-        **task.training_arguments(config),
     )
     callbacks = [EarlyStoppingCallback(early_stopping_patience=config.early_stopping)] if config.early_stopping else []
     pad_multiple = 8 if on_gpu and precision in ("bf16", "fp16") else None  # tensor-core friendly shapes
@@ -195,41 +192,7 @@ def build_trainer(task, config: TrainConfig, output_dir: Path, model, tokenizer,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         data_collator=task.collator(config, tokenizer, model, pad_multiple),
-        compute_metrics=task.compute_metrics(state),
+        compute_metrics=compute_metrics,
         callbacks=callbacks,
+        **task.trainer_kwargs(config, state),
     )
-
-
-def write_config(run: RunDir, task_name: str, config: TrainConfig, state: dict[str, Any], precision: str) -> None:
-    """ftune.yaml: every option as resolved, and under `run:` what the run derived (labels, versions)."""
-    import yaml
-
-    info = {"task": task_name, "precision": precision, "created": datetime.now().isoformat(timespec="seconds"),
-            "state": state, "versions": library_versions()}
-    body = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
-    tail = yaml.safe_dump({"run": info}, sort_keys=False, allow_unicode=True)
-    header = (f"# ftune {task_name} run configuration, resolved. Rerun with:\n"
-              f"#   ftune {task_name} --config {run.path / CONFIG_FILE} --output-dir NEW_DIR\n")
-    run.write_text(CONFIG_FILE, header + body + tail)
-
-
-def write_evaluation(run: RunDir, evaluation) -> None:
-    run.write_json("eval_results.json", evaluation.metrics)
-    run.write_jsonl("eval_predictions.jsonl", evaluation.predictions)
-    if evaluation.details:
-        run.write_json("eval_details.json", evaluation.details)
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from ftune import __version__
-
-    found = {"ftune": __version__}
-    for name in ("torch", "transformers", "accelerate", "datasets", "evaluate", "peft", "tokenizers"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-

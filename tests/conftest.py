@@ -44,24 +44,30 @@ def tiny_bart(tmp_path_factory) -> Path:
 
 
 class Result:
-    def __init__(self, exit_code: int, stdout: str, stderr: str):
-        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
+    def __init__(self, exit_code: int, stdout: str, stderr: str, output: str):
+        self.exit_code, self.stdout, self.stderr, self.output = exit_code, stdout, stderr, output
 
     def __repr__(self):
         return f"Result(exit_code={self.exit_code}, stderr={self.stderr[-2000:]!r}, stdout={self.stdout[-2000:]!r})"
 
 
+def invoke(*args) -> Result:
+    """Run the real CLI entry point (`ftune.cli.main`, as the console script does) in this process."""
+    from ftune.cli import main
+
+    with CliRunner().isolation() as (stdout, stderr, output):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return Result(code, stdout.getvalue().decode(), stderr.getvalue().decode(), output.getvalue().decode())
+
+
 @pytest.fixture
 def ftune():
     """Run the real CLI in this process: ftune("classify", "--data", ...) -> Result."""
-    from ftune.cli import app
-
-    def run(*args: str) -> Result:
-        runner = CliRunner()
-        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-        return Result(result.exit_code, result.stdout, result.stderr)
-
-    return run
+    return invoke
 
 
 def run_cli_subprocess(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

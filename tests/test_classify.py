@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tests.conftest import read_json, read_jsonl
+from tests.conftest import invoke, read_json, read_jsonl
 
 FAST = ["--epochs", "3", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32", "--logging-steps", "5"]
 
@@ -39,28 +39,19 @@ def sentiment_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, tiny_bert, sentiment_file):
-    from typer.testing import CliRunner
-
-    from ftune.cli import app
-
     out = tmp_path_factory.mktemp("runs") / "full"
-    result = CliRunner().invoke(app, ["classify", "--model", str(tiny_bert), "--data", str(sentiment_file),
-                                      "--output-dir", str(out), "--val-fraction", "0.25", *FAST])
-    assert result.exit_code == 0, result.output
+    result = invoke("classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", out,
+                    "--val-fraction", "0.25", *FAST)
+    assert result.exit_code == 0, result
     return out
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_bert, sentiment_file):
-    from typer.testing import CliRunner
-
-    from ftune.cli import app
-
     out = tmp_path_factory.mktemp("runs") / "lora"
-    result = CliRunner().invoke(app, ["classify", "--model", str(tiny_bert), "--data", str(sentiment_file),
-                                      "--output-dir", str(out), "--lora", "--lora-r", "8",
-                                      "--lora-targets", "query,key,value,dense", *FAST, "--epochs", "4", "--lr", "1e-2"])
-    assert result.exit_code == 0, result.output
+    result = invoke("classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", out, "--lora",
+                    "--lora-r", "8", "--lora-targets", "query,key,value,dense", *FAST, "--epochs", "4", "--lr", "1e-2")
+    assert result.exit_code == 0, result
     return out
 
 

@@ -53,13 +53,13 @@ def _recipes():
 def test_every_recipe_is_valid(path):
     """Each recipe starts with the command that runs it and resolves against its task's config class."""
     from ftune.config import resolve_config
-    from ftune.tasks import TASKS
+    from ftune.tasks import TASK_MODULES, get_task
 
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ftune "), first
     task = first.split()[2]
-    assert task in TASKS, f"{path.name} names unknown command {task}"
+    assert task in TASK_MODULES, f"{path.name} names unknown command {task}"
     layer = yaml.safe_load(path.read_text())
     layer.setdefault("data", "placeholder")  # recipes may leave --data to the command line
-    config = resolve_config(TASKS[task].config_class, layers=[(path.name, layer)])
+    config = resolve_config(get_task(task).options_class, layers=[(path.name, layer)])
     assert config.data

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ftune.config import ClassifyConfig, LMConfig, coerce, parse_set_options, resolve_config
+from ftune.config import coerce, parse_set_options, resolve_config
 from ftune.errors import UsageError
+from ftune.tasks.classify import ClassifyOptions
+from ftune.tasks.lm import LMOptions
 
 
 def test_precedence_of_layers():
-    config = resolve_config(ClassifyConfig, layers=[
+    config = resolve_config(ClassifyOptions, layers=[
         ("yaml", {"data": "a.csv", "lr": 1e-4, "epochs": 5, "batch_size": 4}),
         ("flags", {"lr": 2e-4, "epochs": 2.0}),
         ("--set", {"epochs": 7}),
@@ -23,19 +25,19 @@ def test_precedence_of_layers():
 
 
 def test_task_defaults():
-    assert resolve_config(ClassifyConfig, layers=[("flags", {"data": "x"})]).model == "bert-base-uncased"
-    assert resolve_config(LMConfig, layers=[("flags", {"data": "x"})]).model == "gpt2"
+    assert resolve_config(ClassifyOptions, layers=[("flags", {"data": "x"})]).model == "bert-base-uncased"
+    assert resolve_config(LMOptions, layers=[("flags", {"data": "x"})]).model == "gpt2"
 
 
 def test_learning_rate_default_depends_on_lora():
-    full = resolve_config(ClassifyConfig, layers=[("flags", {"data": "x"})])
-    lora = resolve_config(ClassifyConfig, layers=[("flags", {"data": "x", "lora": True})])
+    full = resolve_config(ClassifyOptions, layers=[("flags", {"data": "x"})])
+    lora = resolve_config(ClassifyOptions, layers=[("flags", {"data": "x", "lora": True})])
     assert full.learning_rate == 5e-5 and lora.learning_rate == 2e-4
 
 
 def test_every_problem_reported_once():
     with pytest.raises(UsageError) as info:
-        resolve_config(ClassifyConfig, layers=[("yaml", {"data": "x", "batch_sise": 8, "lr": "fast",
+        resolve_config(ClassifyOptions, layers=[("yaml", {"data": "x", "batch_sise": 8, "lr": "fast",
                                                          "precision": "fp8", "val_fraction": 0})])
     message = str(info.value)
     assert "batch_sise" in message and "did you mean 'batch_size'" in message
@@ -45,7 +47,7 @@ def test_every_problem_reported_once():
 
 def test_set_values_are_yaml_scalars():
     layer = parse_set_options(["lr=1e-4", "lora=true", "lora_targets=[query, value]", "eval_split=null"])
-    config = resolve_config(ClassifyConfig, layers=[("flags", {"data": "x"}), ("--set", layer)])
+    config = resolve_config(ClassifyOptions, layers=[("flags", {"data": "x"}), ("--set", layer)])
     assert config.lr == 1e-4 and config.lora is True and config.lora_targets == ["query", "value"]
     assert config.eval_split is None
     with pytest.raises(UsageError, match="key=value"):

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from ftune.accelerate_configs import config_path, config_problem, shipped
-from ftune.config import ClassifyConfig, resolve_config
+from ftune.config import resolve_config
+from ftune.tasks.classify import ClassifyOptions
 from ftune.errors import UsageError
 from tests.conftest import read_json, run_cli_subprocess
 from tests.test_classify import sentiment_rows, write_jsonl
@@ -46,7 +47,7 @@ def test_precision_auto_on_gpus(monkeypatch):
 
 def test_qlora_needs_lora():
     with pytest.raises(UsageError, match="add --lora"):
-        resolve_config(ClassifyConfig, layers=[("flags", {"data": "x", "load_in_4bit": True})])
+        resolve_config(ClassifyOptions, layers=[("flags", {"data": "x", "load_in_4bit": True})])
 
 
 @pytest.mark.skipif("cuda_devices() > 0")
@@ -75,19 +76,19 @@ def test_shipped_configs_cover_the_strategies():
 
 def test_bad_accelerate_configs(tmp_path):
     with pytest.raises(UsageError, match="shipped: ddp"):
-        resolve_config(ClassifyConfig, layers=[("flags", {"data": "x", "accelerate_config": "nope"})])
+        resolve_config(ClassifyOptions, layers=[("flags", {"data": "x", "accelerate_config": "nope"})])
     not_accelerate = tmp_path / "x.yaml"
     not_accelerate.write_text("learning_rate: 1\n")
     with pytest.raises(UsageError, match="not an accelerate config"):
-        resolve_config(ClassifyConfig, layers=[("flags", {"data": "x", "accelerate_config": str(not_accelerate)})])
+        resolve_config(ClassifyOptions, layers=[("flags", {"data": "x", "accelerate_config": str(not_accelerate)})])
 
 
 def test_launch_commands():
     from ftune.launch import launcher_command
 
-    plain = resolve_config(ClassifyConfig, layers=[("flags", {"data": "x", "num_processes": 4})])
+    plain = resolve_config(ClassifyOptions, layers=[("flags", {"data": "x", "num_processes": 4})])
     assert launcher_command(plain)[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
-    fsdp = resolve_config(ClassifyConfig, layers=[("flags", {"data": "x", "num_processes": 2,
+    fsdp = resolve_config(ClassifyOptions, layers=[("flags", {"data": "x", "num_processes": 2,
                                                              "accelerate_config": "fsdp"})])
     command = launcher_command(fsdp)
     assert command[1:3] == ["-m", "accelerate.commands.launch"]

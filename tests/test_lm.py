@@ -113,23 +113,20 @@ def tiny_gguf(tmp_path_factory) -> Path:
 
 def untrained_metrics(run_dir: Path) -> dict:
     """The run's base model scored on the run's own held-out split, the way `ftune eval` scores."""
-    from ftune.config import resolve_config
     from ftune.data import reload_held_out_split
-    from ftune.evaluation import inference_trainer
     from ftune.rundir import open_run
-    from ftune.tasks import get_task_entry
+    from ftune.trainers import inference_trainer
 
     run = open_run(run_dir)
-    entry = get_task_entry("lm")
-    task = entry.load()
-    config = resolve_config(entry.config_class, layers=[("ftune.yaml", run.config)])
-    state = run.info["state"]
-    rows = reload_held_out_split(run.split)
+    task, config, state = run.task, run.config, run.state
+    rows, ids = reload_held_out_split(run.split, lambda data, data_config: task.load_source(config, data,
+                                                                                            data_config))
     tokenizer = task.load_tokenizer(config)
     model = task.load_model(config, tokenizer, state)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = inference_trainer(task, config, model, tokenizer, scratch, "fp32", None)
-        return task.evaluate(trainer, tokenizer, config, rows, state).metrics
+        trainer = inference_trainer(task, config, state, model, tokenizer, precision="fp32", batch_size=None,
+                                    scratch=scratch)
+        return task.evaluate(config, trainer, tokenizer, state, rows, ids).metrics
 
 
 def train(ftune, *args) -> None:
@@ -176,7 +173,7 @@ def test_plain_text_is_packed_and_learned(ftune, tiny_gpt2, lm_data, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     rows = Dataset.from_dict({"text": tiny_models.corpus(50, seed=3)})
     state = {"columns": {"text": "text"}, "mode": "text", "block_size": 32}
-    features = TASK.preprocess(None, tokenizer, rows, state, training=True)
+    features = TASK.features(None, tokenizer, rows, state, purpose="train")
     assert len(features) > 1
     assert all(len(ids) == 32 for ids in features["input_ids"])
     assert all(set(mask) == {1} for mask in features["attention_mask"])
@@ -186,7 +183,7 @@ def test_plain_text_is_packed_and_learned(ftune, tiny_gpt2, lm_data, tmp_path):
 def test_completion_loss_masks_the_prompt(ftune, tiny_gpt2, lm_data, tmp_path):
     from transformers import AutoTokenizer
 
-    from ftune.tasks.lm import IGNORE, encode_completion
+    from ftune.tasks.lm.encoding import IGNORE, encode_completion
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     ids, labels = encode_completion(tokenizer, "repeat cat:", " cat cat cat.", 64)
@@ -207,7 +204,7 @@ def test_completion_loss_masks_the_prompt(ftune, tiny_gpt2, lm_data, tmp_path):
 def test_chat_learns_assistant_turns_only(ftune, chat_gpt2, tiny_gpt2, lm_data, tmp_path):
     from transformers import AutoTokenizer
 
-    from ftune.tasks.lm import IGNORE, encode_chat
+    from ftune.tasks.lm.encoding import IGNORE, encode_chat
 
     tokenizer = AutoTokenizer.from_pretrained(chat_gpt2)
     messages = [{"role": "user", "content": "say cat"}, {"role": "assistant", "content": "cat cat."}]
@@ -238,7 +235,6 @@ def test_lora_merge_gives_equal_logits_and_generate_is_seeded(ftune, tiny_gpt2, 
 
     from ftune.models import load_run_model
     from ftune.rundir import open_run
-    from ftune.tasks.lm import TASK
 
     run = tmp_path / "lora"
     result = ftune("lm", "--model", tiny_gpt2, "--data", lm_data["text"], "--block-size", "64", "--lora",
@@ -251,7 +247,7 @@ def test_lora_merge_gives_equal_logits_and_generate_is_seeded(ftune, tiny_gpt2, 
     assert ftune("merge", run, "--output-dir", merged).exit_code == 0
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
     with torch.no_grad():
-        adapted = load_run_model(open_run(run), TASK).eval()(input_ids=ids).logits
+        adapted = load_run_model(open_run(run)).eval()(input_ids=ids).logits
         standalone = AutoModelForCausalLM.from_pretrained(merged).eval()(input_ids=ids).logits
         base = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()(input_ids=ids).logits
     assert torch.allclose(adapted, standalone, atol=1e-5)

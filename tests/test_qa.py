@@ -76,16 +76,17 @@ def squad_metric():
 
 
 def _load(task, data):
-    return task.load_source(SimpleNamespace(data=str(data), data_config=None))
+    return task.load_source(None, str(data), None)
 
 
 def _state(task, ds, config=None):
     columns = task.resolve_columns(config or _columns_config(), ds.column_names)
-    return task.prepare_state(None, SimpleNamespace(train=ds, eval=ds), columns)
+    return task.prepare_state(None, SimpleNamespace(train=ds, eval=ds, eval_ids=None, train_ids=None), columns)
 
 
 def _columns_config(**given):
-    return SimpleNamespace(**{"question_column": None, "context_column": None, "answers_column": None, **given})
+    options = {"question_column": None, "context_column": None, "answers_column": None, **given}
+    return SimpleNamespace(task_options=SimpleNamespace(**options))
 
 
 def test_hub_jsonl_and_nested_squad_files_load_alike(tmp_path):
@@ -144,7 +145,7 @@ def test_flat_rows_find_the_answer_start_and_report_bad_rows(tmp_path):
 
 def test_fast_tokenizer_required():
     from ftune.errors import UsageError
-    from ftune.qa_windows import require_fast_tokenizer
+    from ftune.tasks.qa.windows import require_fast_tokenizer
 
     with pytest.raises(UsageError, match="no fast tokenizer"):
         require_fast_tokenizer(SimpleNamespace(is_fast=False), "some-model")
@@ -156,7 +157,7 @@ def test_fast_tokenizer_required():
 def test_long_context_makes_windows_and_the_late_answer_is_found(tokenizer):
     import numpy as np
 
-    from ftune.qa_windows import SpanSettings, best_answers, encode_windows
+    from ftune.tasks.qa.windows import SpanSettings, best_answers, encode_windows
 
     rng = random.Random(0)
     context = " ".join(rng.choice(FILLER) for _ in range(120)) + ". the capital of france is Paris, big."
@@ -193,7 +194,7 @@ def test_long_context_makes_windows_and_the_late_answer_is_found(tokenizer):
 def test_postprocessing_maps_back_to_the_exact_substring_and_weighs_no_answer(tokenizer):
     import numpy as np
 
-    from ftune.qa_windows import SpanSettings, best_answers, encode_windows
+    from ftune.tasks.qa.windows import SpanSettings, best_answers, encode_windows
 
     # Mixed case, punctuation and double spaces: the answer is the original text, not a normalised one.
     context = "Big  RED-house,  at the River!"
@@ -304,7 +305,6 @@ def test_lora_round_trip_merge_gives_equal_logits(ftune, tiny_bert, tmp_path):
 
     from ftune.models import load_run_model
     from ftune.rundir import open_run
-    from ftune.tasks.qa import TASK
 
     data = write_jsonl(tmp_path / "capitals.jsonl", qa_rows(24, seed=2))
     run = tmp_path / "lora"
@@ -320,7 +320,7 @@ def test_lora_round_trip_merge_gives_equal_logits(ftune, tiny_bert, tmp_path):
     assert merged.exit_code == 0, merged
     tok = AutoTokenizer.from_pretrained(merged_dir)
     batch = tok(["what is the capital of france?"], ["the capital of france is paris."], return_tensors="pt")
-    adapted = load_run_model(open_run(run), TASK).eval()
+    adapted = load_run_model(open_run(run)).eval()
     standalone = AutoModelForQuestionAnswering.from_pretrained(merged_dir).eval()
     with torch.no_grad():
         a, b = adapted(**batch), standalone(**batch)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import read_json, read_jsonl
+from tests.conftest import invoke, read_json, read_jsonl
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # Few steps, short sequences: each run trains in seconds on 2 CPU cores.
@@ -39,13 +39,9 @@ def docs_file(tmp_path_factory):
 
 
 def _train(tmp_path_factory, name, *args) -> SimpleNamespace:
-    from typer.testing import CliRunner
-
-    from ftune.cli import app
-
     out = tmp_path_factory.mktemp("runs") / name
-    result = CliRunner().invoke(app, ["summarize", "--output-dir", str(out), *map(str, args)])
-    assert result.exit_code == 0, result.output
+    result = invoke("summarize", "--output-dir", out, *args)
+    assert result.exit_code == 0, result
     return SimpleNamespace(path=out, output=result.output)
 
 
@@ -150,36 +146,37 @@ def test_t5_prefix_is_applied_to_t5_only(t5_run, bart_lora_run, tiny_t5, tiny_ba
     import datasets
     from transformers import AutoTokenizer
 
-    from ftune.config import SummarizeConfig
+    from ftune.config import resolve_config
     from ftune.tasks.summarize import TASK
 
     rows = datasets.Dataset.from_list([{"document": "cat dog", "summary": "the cat."}])
-    config = SummarizeConfig(data="x", max_length=16, max_target_length=8)
+    config = resolve_config(TASK.options_class, layers=[("test", {"data": "x", "max_length": 16,
+                                                                  "max_target_length": 8})])
     for model, state, expected in ((tiny_t5, t5_state, "summarize: cat dog"), (tiny_bart, bart_state, "cat dog")):
         tokenizer = AutoTokenizer.from_pretrained(model)
-        features = TASK.preprocess(config, tokenizer, rows, state, training=False)
+        features = TASK.features(config, tokenizer, rows, state, purpose="eval")
         assert features[0]["input_ids"] == tokenizer(expected)["input_ids"]
 
 
 def test_source_prefix_can_be_set_or_emptied(tiny_t5, tiny_bart, docs_file):
     import datasets
 
-    from ftune.config import SummarizeConfig, resolve_config
+    from ftune.config import resolve_config
     from ftune.tasks.summarize import TASK
 
     rows = datasets.Dataset.from_list(summary_rows(2))
-    split = SimpleNamespace(train=rows, eval=rows)
+    split = SimpleNamespace(train=rows, eval=rows, eval_ids=None, train_ids=None)
     for model, given, expected in ((tiny_t5, "", ""), (tiny_bart, "summarize: ", "summarize: "),
                                    (tiny_bart, "auto", "")):
         flags = {"data": str(docs_file), "model": str(model), "source_prefix": given}
-        config = resolve_config(SummarizeConfig, layers=[("flags", flags)])
+        config = resolve_config(TASK.options_class, layers=[("flags", flags)])
         state = TASK.prepare_state(config, split, {"source": "document", "target": "summary"})
         assert state["source_prefix"] == expected
 
 
 def test_long_sources_are_truncated_with_a_note(t5_run):
     # --max-length 16: documents of up to 20 words do not fit; a note (not an error) says how many.
-    assert "training sources are longer than 16 tokens (--max-length) and were truncated" in t5_run.output
+    assert "training documents are longer than 16 tokens (--max-length) and were truncated" in t5_run.output
 
 
 def test_lora_round_trip_and_merge_give_equal_outputs(bart_lora_run, ftune, tmp_path):
@@ -243,7 +240,8 @@ def test_bad_input_is_one_line_with_exit_code_2(case, ftune, tmp_path, docs_file
 
 def test_summarize_recipes_resolve():
     from ftune.cli.recipes import recipes_dir
-    from ftune.config import SummarizeConfig, read_yaml_layer, resolve_config
+    from ftune.config import read_yaml_layer, resolve_config
+    from ftune.tasks.summarize import TASK
 
     found = sorted(recipes_dir().glob("summarize-*.yaml"))
     assert {p.stem for p in found} >= {"summarize-t5-small", "summarize-t5-small-lora", "summarize-aclsum-offline"}
@@ -251,7 +249,7 @@ def test_summarize_recipes_resolve():
         lines = path.read_text().splitlines()
         assert lines[0].startswith("# ftune summarize ") and f"recipes/{path.name}" in lines[0], path
         assert lines[1].startswith("# ") and len(lines[1]) > 10, path
-        config = resolve_config(SummarizeConfig, layers=[(str(path), read_yaml_layer(path))])
+        config = resolve_config(TASK.options_class, layers=[(str(path), read_yaml_layer(path))])
         assert config.data and config.model
     lora = read_yaml_layer(recipes_dir() / "summarize-t5-small-lora.yaml")
     assert lora["lora"] is True

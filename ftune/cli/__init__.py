@@ -1,17 +1,23 @@
-"""The `ftune` command line. Nothing heavy is imported here: commands import torch and friends when run."""
+"""The `ftune` command line. Nothing heavy is imported here: commands import torch and friends when run.
+
+Every command is registered below, in one place, wrapped in the one error boundary (`guarded`); `main` is the
+console script and turns the parser's own usage errors into the same one `error:` line.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import sys
+from typing import Annotated, Optional, Sequence
 
 import typer
 
-from ftune import __version__
-from ftune.cli import run_commands
+from ftune import __version__, console
+from ftune.cli.common import guarded, set_debug
 from ftune.cli.generate import generate_command
 from ftune.cli.recipes import recipes
+from ftune.cli.run_commands import eval_command, make_predict_command, merge_command
 from ftune.cli.train_commands import make_train_command
-from ftune.tasks import TASKS
+from ftune.tasks import all_tasks
 
 app = typer.Typer(
     name="ftune",
@@ -25,24 +31,47 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"ftune {__version__}")
+        console.result(f"ftune {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = False,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Fine-tune Hugging Face models from the command line."""
 
 
-for _entry in TASKS.values():
-    app.command(_entry.name, rich_help_panel="Train")(make_train_command(_entry))
-run_commands.register(app)
-app.command("generate", rich_help_panel="Use a run")(generate_command)
-app.command("recipes", rich_help_panel="Recipes")(recipes)
+_TASKS = all_tasks()
+COMMANDS = [
+    *((task.name, make_train_command(task), "Train") for task in _TASKS),
+    ("eval", eval_command, "Use a run"),
+    ("predict", make_predict_command(_TASKS), "Use a run"),
+    ("generate", generate_command, "Use a run"),
+    ("merge", merge_command, "Use a run"),
+    ("recipes", recipes, "Recipes"),
+]
+for _name, _function, _panel in COMMANDS:
+    app.command(_name, rich_help_panel=_panel)(guarded(_function))
 
 
-def main() -> None:
-    app()
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """The `ftune` console script: run the command, exit with its code (0 ok, 2 bad input, 1 failure)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    set_debug("--debug" in args)
+    try:
+        code = app(args=args, prog_name="ftune", standalone_mode=False)
+    except typer.TyperException as exc:  # the parser's usage errors: unknown option, bad value ...
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # `ftune` alone, or a command group without its command: the help page
+            sys.exit(0)
+        context = getattr(exc, "ctx", None)
+        where = f"; see '{context.command_path} --help'" if context is not None else ""
+        message = " ".join(exc.format_message().split())
+        console.error(f"{message[0].lower()}{message[1:]}{where}" if message else f"bad usage{where}")
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except typer.Abort:
+        console.error("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

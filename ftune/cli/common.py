@@ -1,69 +1,70 @@
-"""What every command shares: error reporting and the option aliases used by more than one command."""
+"""What every command shares: the error boundary and the option aliases used by more than one command.
+
+Errors become one line in one place. `guarded` wraps every command when it is registered: bad input
+(UsageError) is `error: ...` and exit code 2, an interrupt says how to resume (130), anything else is one
+line and exit code 1 — with `--debug`, the traceback instead. `ftune.cli.main` turns the parser's own usage
+errors (an unknown flag, a value of the wrong type) into the same one line.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from ftune import console
 from ftune.errors import UsageError
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.")]
 RunArg = Annotated[Path, typer.Argument(help="A run directory written by an ftune training command.")]
-OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where to write (default: the run).")]
+
+INTERRUPTED = 130
 
 
-@contextlib.contextmanager
-def reported_errors(debug: bool):
-    """Turn exceptions into one `error:` line on stderr and ftune's exit codes (2 bad input, 1 failure)."""
+def guarded(command):
+    """The command, with its failures reported as one `error:` line and ftune's exit codes."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        debug = bool(kwargs.get("debug"))
+        set_debug(debug)
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 — the boundary where failures become one line
+            if debug or isinstance(exc, SystemExit):
+                raise
+            raise typer.Exit(report(exc)) from None
+
+    return run
+
+
+def report(exc: BaseException) -> int:
+    """Print the one line for `exc` and return the exit code."""
+    if isinstance(exc, UsageError):
+        console.error(str(exc))
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        console.error("interrupted; rerun the same command with --resume to continue from the last checkpoint")
+        return INTERRUPTED
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    console.error(f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)")
+    return 1
+
+
+def set_debug(debug: bool) -> None:
+    """--debug shows tracebacks and the libraries' own logging; without it ftune keeps their chatter away."""
     if debug:
         os.environ["FTUNE_DEBUG"] = "1"
-    else:
-        os.environ.pop("FTUNE_DEBUG", None)
-        _quiet_libraries()
-    try:
-        yield
-    except UsageError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted; rerun the same command with --resume to continue from the last "
-                   "checkpoint", err=True)
-        raise typer.Exit(130) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 — the boundary where failures become one line
-        if debug:
-            raise
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        typer.echo(f"error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)", err=True)
-        raise typer.Exit(1) from None
-
-
-def _quiet_libraries() -> None:
-    """Keep library chatter (advisory warnings, per-weight load reports) off the user's terminal."""
+        return
+    os.environ.pop("FTUNE_DEBUG", None)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import warnings
 
     warnings.filterwarnings("ignore")
-
-
-def echo_err(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def is_main_process() -> bool:
-    """Rank 0 (or no distributed launch): the process that prints and writes the run directory."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def stdout_isatty() -> bool:
-    return sys.stdout.isatty()

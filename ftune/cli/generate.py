@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ftune.cli.common import Debug, reported_errors
+from ftune import console
+from ftune.cli.common import Debug
 
 
 def generate_command(
@@ -44,37 +43,34 @@ def generate_command(
     debug: Debug = False,
 ) -> None:
     """Generate text from a causal-LM or seq2seq model or run: --prompt, --prompts-file; streams a single prompt."""
-    with reported_errors(debug):
-        from ftune.hub import ensure_offline_if_unreachable
+    from ftune.hub import ensure_offline_if_unreachable
 
-        ensure_offline_if_unreachable()
-        from ftune.generation import GenerationOptions, generate_texts, load_generation_model, read_prompts
+    ensure_offline_if_unreachable()
+    from ftune.generation import GenerationOptions, generate_texts, load_generation_model, read_prompts
 
-        prompts = read_prompts(prompt or [], prompts_file)
-        options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                    top_k=top_k, repetition_penalty=repetition_penalty, num_beams=num_beams,
-                                    num_return_sequences=num_return_sequences, seed=seed)
-        options.check()
-        loaded, tokenizer = load_generation_model(model, gguf_file)
-        streaming = stream and len(prompts) == 1 and num_return_sequences == 1 and num_beams == 1
-        streamer = None
-        if streaming:
-            from transformers import TextStreamer
+    prompts = read_prompts(prompt or [], prompts_file)
+    options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                top_k=top_k, repetition_penalty=repetition_penalty, num_beams=num_beams,
+                                num_return_sequences=num_return_sequences, seed=seed)
+    options.check()
+    loaded, tokenizer = load_generation_model(model, gguf_file)
+    streaming = stream and len(prompts) == 1 and num_return_sequences == 1 and num_beams == 1
+    streamer = None
+    if streaming:
+        from transformers import TextStreamer
 
-            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        texts = generate_texts(loaded, tokenizer, prompts, options, batch_size=batch_size, chat=chat,
-                               streamer=streamer)
-        rows = [{"prompt": p, "sequence": k, "generation": t} for p, ts in zip(prompts, texts) for k, t in enumerate(ts)]
-        if output is not None:
-            from ftune.rundir import write_jsonl
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    texts = generate_texts(loaded, tokenizer, prompts, options, batch_size=batch_size, chat=chat,
+                           streamer=streamer)
+    rows = [{"prompt": p, "sequence": k, "generation": t} for p, ts in zip(prompts, texts) for k, t in enumerate(ts)]
+    if output is not None:
+        from ftune.rundir import write_jsonl
 
-            output.parent.mkdir(parents=True, exist_ok=True)
-            write_jsonl(output, rows)
-            typer.echo(f"wrote {len(rows)} generation(s) to {output}", err=True)
-        elif not streaming:
-            if len(rows) == 1:
-                typer.echo(rows[0]["generation"])
-            else:
-                for row in rows:
-                    sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-                sys.stdout.flush()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(output, rows)
+        console.note(f"wrote {len(rows)} generation(s) to {output}")
+    elif not streaming:
+        if len(rows) == 1:
+            console.result(rows[0]["generation"])
+        else:
+            console.result_rows(rows)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftune.cli.common import reported_errors
+from ftune import console
 from ftune.errors import UsageError
 
 
@@ -31,17 +31,16 @@ def recipes(
     name: Annotated[Optional[str], typer.Argument(help="A recipe to print (see the list).")] = None,
 ) -> None:
     """List the shipped YAML recipes; `ftune recipes NAME` prints one (use it with --config)."""
-    with reported_errors(False):
-        folder = recipes_dir()
-        found = sorted(folder.glob("*.yaml"))
-        if name is None:
-            width = max((len(p.stem) for p in found), default=0)
-            for path in found:
-                typer.echo(f"{path.stem.ljust(width)}  {recipe_summary(path)}")
-            return
-        path = folder / f"{name.removesuffix('.yaml')}.yaml"
-        if not path.is_file():
-            raise UsageError(f"no recipe named '{name}'; the recipes are: {', '.join(p.stem for p in found)}")
-        typer.echo(path.read_text(), nl=False)
-        if sys.stdout.isatty():
-            typer.echo(f"# file: {path}", err=True)
+    folder = recipes_dir()
+    found = sorted(folder.glob("*.yaml"))
+    if name is None:
+        width = max((len(p.stem) for p in found), default=0)
+        for path in found:
+            console.result(f"{path.stem.ljust(width)}  {recipe_summary(path)}")
+        return
+    path = folder / f"{name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        raise UsageError(f"no recipe named '{name}'; the recipes are: {', '.join(p.stem for p in found)}")
+    console.result(path.read_text())
+    if console.stdout_isatty():
+        console.note(f"file: {path}")

@@ -1,8 +1,9 @@
-"""The training commands (`ftune classify`, ...), built from their config classes.
+"""The training commands (`ftune classify`, ...), built from the configuration fields of their task.
 
-A config dataclass is the single description of a command's options: each field becomes a `--flag`
-whose help text, panel and type come from the field, so flags, YAML keys and `ftune.yaml` cannot drift.
-Every flag defaults to None, which is how an explicit flag is told apart from a default.
+The common TrainConfig fields plus the task's own option group are the single description of a command's
+options: each field becomes a `--flag` whose help text, panel and type come from the field, so flags, YAML
+keys and `ftune.yaml` cannot drift. Every flag defaults to None, which is how an explicit flag is told apart
+from a default.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftune.cli.common import reported_errors
 from ftune.config import config_fields, default_of, parse_set_options, read_yaml_layer, resolve_config
-from ftune.tasks import TaskEntry
 
 # Options that steer the run rather than configure it; they are not config keys.
 RUN_CONTROL = {
@@ -35,7 +34,7 @@ RUN_CONTROL = {
 RUN_CONTROL_DEFAULTS = {"config": None, "set_": None, "resume": False, "overwrite": False, "debug": False}
 
 
-def _flag_parameter(field, tp, config_class) -> inspect.Parameter:
+def _flag_parameter(field, tp, options_class) -> inspect.Parameter:
     meta = field.metadata
     base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
     flag = "--" + field.name.replace("_", "-")
@@ -44,7 +43,7 @@ def _flag_parameter(field, tp, config_class) -> inspect.Parameter:
         names = [f"{flag}/--no-{field.name.replace('_', '-')}"]
     if meta.get("short"):
         names.append(meta["short"])
-    default = default_of(config_class, field.name)
+    default = default_of(options_class, field.name)
     help_text = meta.get("help", "")
     if default is not None and base is not bool:
         help_text += f" (default: {default})"
@@ -58,37 +57,36 @@ def _flag_parameter(field, tp, config_class) -> inspect.Parameter:
                              annotation=Annotated[Optional[cli_type], opt])
 
 
-def make_train_command(entry: TaskEntry):
-    """A Typer command function for one task, with one option per config field."""
-    params = [_flag_parameter(f, tp, entry.config_class) for f, tp in config_fields(entry.config_class)]
+def make_train_command(task):
+    """A Typer command function for one task, with one option per configuration field."""
+    params = [_flag_parameter(f, tp, task.options_class) for f, tp in config_fields(task.options_class)]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=RUN_CONTROL_DEFAULTS[name],
                                  annotation=annotation) for name, annotation in RUN_CONTROL.items()]
 
     def command(**kwargs):
         control = {name: kwargs.pop(name) for name in RUN_CONTROL}
-        with reported_errors(control["debug"]):
-            flags = {name: value for name, value in kwargs.items() if value is not None}
-            layers = []
-            if control["config"] is not None:
-                layers.append((f"--config {control['config']}", read_yaml_layer(control["config"])))
-            layers.append(("flags", flags))
-            layers.append(("--set", parse_set_options(control["set_"] or [])))
-            if control["resume"]:
-                layers = _saved_config_layer(layers) + layers
-            config = resolve_config(entry.config_class, layers=layers)
-            from ftune.launch import maybe_relaunch
+        flags = {name: value for name, value in kwargs.items() if value is not None}
+        layers = []
+        if control["config"] is not None:
+            layers.append((f"--config {control['config']}", read_yaml_layer(control["config"])))
+        layers.append(("flags", flags))
+        layers.append(("--set", parse_set_options(control["set_"] or [])))
+        if control["resume"]:
+            layers = _saved_config_layer(layers) + layers
+        config = resolve_config(task.options_class, layers=layers)
+        from ftune.launch import maybe_relaunch
 
-            if maybe_relaunch(entry.name, config, resume=control["resume"], overwrite=control["overwrite"],
-                              debug=control["debug"]):
-                return
-            from ftune.train import run_training
+        if maybe_relaunch(task.name, config, resume=control["resume"], overwrite=control["overwrite"],
+                          debug=control["debug"]):
+            return
+        from ftune.train import run_training
 
-            run_training(entry.name, config, resume=control["resume"], overwrite=control["overwrite"])
+        run_training(task, config, resume=control["resume"], overwrite=control["overwrite"])
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__name__ = entry.name
-    command.__doc__ = entry.summary
+    command.__name__ = task.name
+    command.__doc__ = task.summary
     return command
 
 

@@ -1,43 +1,29 @@
-"""The task recipes. This registry is light: a task's module (and torch) is imported only when it runs."""
+"""The task registry: one line per task, naming the module that holds it (its `TASK` object).
+
+Task modules import no torch or transformers at import time, so the CLI can read every task's options, help
+and predict inputs cheaply; the heavy libraries load when a task runs.
+"""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
-from ftune.config import ClassifyConfig, LMConfig, QAConfig, SummarizeConfig, TrainConfig
+from ftune.errors import UsageError
 
-
-@dataclass(frozen=True)
-class TaskEntry:
-    name: str
-    config_class: type[TrainConfig]
-    module: str
-    summary: str
-
-    def load(self):
-        """The task object (imports the task's module)."""
-        return importlib.import_module(self.module).TASK
-
-
-TASKS: dict[str, TaskEntry] = {
-    entry.name: entry
-    for entry in [
-        TaskEntry("classify", ClassifyConfig, "ftune.tasks.classify",
-                  "Fine-tune sequence classification (single texts or text pairs)."),
-        TaskEntry("qa", QAConfig, "ftune.tasks.qa",
-                  "Fine-tune extractive question answering (SQuAD v1.1 and v2.0 style)."),
-        TaskEntry("summarize", SummarizeConfig, "ftune.tasks.summarize",
-                  "Fine-tune a seq2seq model for summarisation."),
-        TaskEntry("lm", LMConfig, "ftune.tasks.lm",
-                  "Fine-tune a causal language model on plain text, prompt/completion pairs or chats."),
-    ]
+TASK_MODULES = {
+    "classify": "ftune.tasks.classify",
+    "lm": "ftune.tasks.lm",
+    "qa": "ftune.tasks.qa",
+    "summarize": "ftune.tasks.summarize",
 }
 
 
-def get_task_entry(name: str) -> TaskEntry:
-    from ftune.errors import UsageError
+def get_task(name: str):
+    """The task object named `name`, or UsageError listing the known tasks."""
+    if name not in TASK_MODULES:
+        raise UsageError(f"unknown task '{name}'; ftune knows {', '.join(sorted(TASK_MODULES))}")
+    return importlib.import_module(TASK_MODULES[name]).TASK
 
-    if name not in TASKS:
-        raise UsageError(f"unknown task '{name}'; ftune knows {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+
+def all_tasks() -> list:
+    return [get_task(name) for name in TASK_MODULES]

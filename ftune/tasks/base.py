@@ -1,8 +1,19 @@
-"""What a task recipe provides to the training spine (`ftune.train`) and to eval/predict.
+"""What a task provides to the training spine (`ftune.train`), to `ftune eval` and to `ftune predict`.
 
-A task holds only what differs between tasks: which columns it reads, how rows become features, which
-model class it trains, how predictions are scored and shown. Everything else — LoRA wrapping, precision,
-seeds, splits, saving, the run directory, errors — lives once in the spine.
+A task holds only what differs between tasks: its options, which columns it reads, how rows become features,
+which model class it trains, how raw model outputs become one answer per row, and how answers are scored.
+Everything else — LoRA wrapping, precision, seeds, splits, saving, the run directory, errors — lives once in
+the spine, and this base class owns the one evaluate path and the one predict path:
+
+    rows --features()--> model inputs --Trainer.predict, rows in order--> raw outputs
+         --decode()--> one output per row --metrics()--> scores
+
+Tasks supply `features`, `decode`, `references` and `metrics`; the base owns batching (through the Trainer,
+whose evaluation keeps rows in order), the ids, the `eval_` names, the loss and the sample counts. The
+evaluations during training score with the same `decode` and `metrics` (`metrics_function`), so the best
+checkpoint is chosen by exactly the figure that is reported at the end.
+
+Task modules import no torch or transformers at import time: the CLI reads their options and help cheaply.
 """
 
 from __future__ import annotations
@@ -10,38 +21,71 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ftune.config import TaskOptions, TrainConfig
 from ftune.errors import UsageError
+
+
+@dataclass(frozen=True)
+class PredictInput:
+    """An input option of `ftune predict` that a task reads, repeatable (e.g. --text)."""
+
+    name: str   # the key under which the task receives the values
+    flag: str
+    help: str
+
+
+@dataclass(frozen=True)
+class PredictSetting:
+    """An option of `ftune predict` that overrides one of the run's options for inference (e.g. --num-beams)."""
+
+    flag: str
+    key: str    # the option it overrides
+    help: str
+    type: type = int
+
+
+@dataclass
+class Scores:
+    """A task's figures for a set of outputs: metrics without the `eval_` prefix, and extras to show or keep."""
+
+    metrics: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)   # e.g. per-class figures, a confusion matrix
+    table: Optional[str] = None                             # text shown after the metrics table
 
 
 @dataclass
 class Evaluation:
-    """The outcome of scoring a held-out split: SPEC metrics, one prediction row per example, and extras."""
+    """The outcome of scoring held-out rows: SPEC metrics, one prediction row per example, and extras."""
 
     metrics: dict[str, float]                 # "eval_..." scalars, as written to eval_results.json
     predictions: list[dict[str, Any]]         # id, prediction, reference (+ task extras)
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. per-class figures, confusion matrix
-    table: Optional[str] = None               # extra text shown after the metrics table
+    details: dict[str, Any] = field(default_factory=dict)
+    table: Optional[str] = None
 
 
 class Task:
-    """Base class of the four task recipes; the attributes say how the spine treats the task."""
+    """Base class of the task recipes; the class attributes say how the spine and the CLI treat the task."""
 
     name: str
-    model_class: str            # transformers auto class, e.g. "AutoModelForSequenceClassification"
-    peft_model_class: str       # peft auto class, e.g. "AutoPeftModelForSequenceClassification"
-    peft_task_type: str         # peft TaskType name, e.g. "SEQ_CLS"
-    main_metric: str            # the metric that picks the best checkpoint (without "eval_")
+    summary: str                        # the command's help line
+    options_class: type[TaskOptions] = TaskOptions
+    model_class: str                    # transformers auto class, e.g. "AutoModelForSequenceClassification"
+    peft_model_class: str               # peft auto class, e.g. "AutoPeftModelForSequenceClassification"
+    peft_task_type: str                 # peft TaskType name, e.g. "SEQ_CLS"
+    main_metric: str                    # the metric that picks the best checkpoint (without "eval_")
     greater_is_better: bool = True
-    pipeline_task: Optional[str] = None
+    generates_text: bool = False        # `ftune generate` serves its runs
+    predict_inputs: tuple[PredictInput, ...] = ()
+    predict_settings: tuple[PredictSetting, ...] = ()
 
     # ---- data -------------------------------------------------------------------------------------
-    def load_source(self, config):
-        """The raw DatasetDict; tasks with their own file layouts (SQuAD JSON) override this."""
+    def load_source(self, config: TrainConfig, data: str, data_config: Optional[str]):
+        """The raw DatasetDict of `data`; tasks with their own file layouts (SQuAD JSON, CoNLL) override this."""
         from ftune.data import load_source
 
-        return load_source(config.data, config.data_config)
+        return load_source(data, data_config)
 
-    def resolve_columns(self, config, columns: list[str]) -> dict[str, Optional[str]]:
+    def resolve_columns(self, config: TrainConfig, columns: list[str]) -> dict[str, Optional[str]]:
         """Map the task's roles (text, label, ...) to the data's column names; raise UsageError if unclear."""
         raise NotImplementedError
 
@@ -49,86 +93,152 @@ class Task:
         """A function giving each row's class for a stratified carve, or None."""
         return None
 
-    def prepare_state(self, config, split, columns: dict[str, Optional[str]]) -> dict[str, Any]:
+    def prepare_state(self, config: TrainConfig, split, columns: dict[str, Optional[str]]) -> dict[str, Any]:
         """Check the rows and derive what the run must remember (labels, columns); saved in ftune.yaml."""
         return {"columns": columns}
 
-    def check_eval_rows(self, config, state: dict[str, Any], rows, where: str) -> None:
-        """Raise UsageError if other data given to `ftune eval --data` cannot be scored by this run."""
+    def check_rows(self, config: TrainConfig, state: dict[str, Any], rows, where: str) -> None:
+        """Raise UsageError if rows given to `ftune eval --data` cannot be scored by this run."""
         missing = [c for c in state.get("columns", {}).values() if c and c not in rows.column_names]
         if missing:
             raise UsageError(f"{where} has no column {', '.join(missing)}, which this run reads; the columns are: "
                              f"{', '.join(rows.column_names)}")
 
     # ---- model ------------------------------------------------------------------------------------
+    def model_source(self, config: TrainConfig):
+        """Where the base model comes from (lm adds GGUF files)."""
+        from ftune.models import ModelSource
+
+        return ModelSource.parse(config.model)
+
     def base_model_kwargs(self, state: dict[str, Any]) -> dict[str, Any]:
         """Extra from_pretrained arguments for the base model (e.g. num_labels)."""
         return {}
 
-    def load_tokenizer(self, config):
-        """The tokenizer of `config.model` (lm overrides it to read a GGUF file's)."""
-        from ftune.models import load_tokenizer
+    def load_tokenizer(self, config: TrainConfig):
+        return self.model_source(config).load_tokenizer()
 
-        return load_tokenizer(config.model)
-
-    def load_model(self, config, tokenizer, state: dict[str, Any]):
-        from ftune.models import load_model
+    def load_model(self, config: TrainConfig, tokenizer, state: dict[str, Any]):
         from ftune.precision import quantization_kwargs
 
-        return load_model(self.model_class, config.model, **self.base_model_kwargs(state),
-                          **quantization_kwargs(config))
-
-    def load_base_model(self, run_config: dict[str, Any], state: dict[str, Any], **kwargs):
-        """The base model a LoRA run was trained on; `run_config` is the run's ftune.yaml."""
-        from ftune.models import load_model
-
-        return load_model(self.model_class, run_config["model"], **self.base_model_kwargs(state), **kwargs)
+        return self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
+                                                    **quantization_kwargs(config))
 
     # ---- features and training --------------------------------------------------------------------
-    def preprocess(self, config, tokenizer, ds, state: dict[str, Any], *, training: bool):
+    def features(self, config: TrainConfig, tokenizer, rows, state: dict[str, Any], *, purpose: str):
+        """Model features of `rows`; `purpose` is "train", "eval" (with references) or "predict" (without)."""
         raise NotImplementedError
 
-    def collator(self, config, tokenizer, model, pad_to_multiple_of: Optional[int]):
+    def model_inputs(self, features):
+        """The features the model takes (tasks drop the columns that only `decode` reads)."""
+        return features
+
+    def collator(self, config: TrainConfig, tokenizer, model, pad_to_multiple_of: Optional[int]):
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
-    def compute_metrics(self, state: dict[str, Any]):
-        """The Trainer's compute_metrics for the evaluations during training (None: loss only)."""
-        return None
-
     def trainer_class(self):
+        """The Trainer class; every one derives from ftune.trainers.FtuneTrainer (rows scored in order)."""
         from ftune.trainers import FtuneTrainer
 
         return FtuneTrainer
 
-    def arguments_class(self):
-        from transformers import TrainingArguments
-
-        return TrainingArguments
-
-    def training_arguments(self, config) -> dict[str, Any]:
-        """Task-specific TrainingArguments (e.g. predict_with_generate for seq2seq)."""
+    def trainer_kwargs(self, config: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments of the task's Trainer class beyond the standard ones."""
         return {}
 
-    # ---- scoring and inference --------------------------------------------------------------------
-    def evaluate(self, trainer, tokenizer, config, rows, state: dict[str, Any]) -> Evaluation:
-        """Score `rows` (raw held-out rows) with the trainer's model; used at the end of training and by eval."""
+    # ---- scoring: supplied by each task -------------------------------------------------------------
+    def decode(self, config: TrainConfig, tokenizer, state: dict[str, Any], rows, features,
+               predictions) -> list[dict[str, Any]]:
+        """One output per row of `rows` from the raw predictions of `features`: {"prediction": ..., extras}."""
         raise NotImplementedError
 
-    def predict(self, model, tokenizer, config: dict[str, Any], state: dict[str, Any], inputs: list[dict],
-                batch_size: int) -> list[dict[str, Any]]:
-        """Outputs for raw input rows (the keys are the run's column names)."""
+    def references(self, config: TrainConfig, state: dict[str, Any], rows) -> list[Any]:
+        """The reference answer of each row, as eval_predictions.jsonl shows it."""
+        raise NotImplementedError
+
+    def metrics(self, config: TrainConfig, state: dict[str, Any], outputs: list[dict[str, Any]],
+                references: list[Any], features) -> Scores:
+        """Scores of `outputs` against `references` (metric names without "eval_")."""
+        raise NotImplementedError
+
+    # ---- the one evaluate path --------------------------------------------------------------------
+    def metrics_function(self, config: TrainConfig, tokenizer, state: dict[str, Any], rows, features):
+        """The Trainer's compute_metrics for the evaluations during training, bound to the held-out rows."""
+        references = self.references(config, state, rows)
+
+        def compute(eval_pred) -> dict[str, float]:
+            outputs = self.decode(config, tokenizer, state, rows, features, eval_pred.predictions)
+            scores = self.metrics(config, state, outputs, references, features).metrics
+            return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+
+        return compute
+
+    def evaluate(self, config: TrainConfig, trainer, tokenizer, state: dict[str, Any], rows, ids: list[Any],
+                 features=None) -> Evaluation:
+        """Score `rows` (raw rows with references) with the trainer's model; `ids` name the rows. `features`:
+        the rows' eval features when already made."""
+        if features is None:
+            features = self.features(config, tokenizer, rows, state, purpose="eval")
+        output = trainer.predict(self.model_inputs(features), metric_key_prefix="eval")
+        outputs = self.decode(config, tokenizer, state, rows, features, output.predictions)
+        references = self.references(config, state, rows)
+        scores = self.metrics(config, state, outputs, references, features)
+        metrics = {f"eval_{k}": v for k, v in scores.metrics.items()}
+        if "eval_loss" not in metrics and "eval_loss" in output.metrics:
+            metrics["eval_loss"] = float(output.metrics["eval_loss"])
+        metrics["eval_samples"] = len(rows)
+        predictions = [{"id": row_id, "prediction": out["prediction"], "reference": reference,
+                        **{k: v for k, v in out.items() if k != "prediction"}}
+                       for row_id, out, reference in zip(ids, outputs, references)]
+        return Evaluation(metrics=metrics, predictions=predictions, details=scores.details, table=scores.table)
+
+    # ---- the one predict path ---------------------------------------------------------------------
+    def inputs_from_options(self, config: TrainConfig, state: dict[str, Any],
+                            options: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Input rows (keyed by the run's column names) from the values of the task's `predict_inputs`."""
         raise UsageError(f"ftune predict does not serve {self.name} runs; use ftune generate with them")
 
-    def inputs_from_options(self, state: dict[str, Any], options: dict[str, list[str]]) -> list[dict]:
-        """Input rows from `ftune predict` options (--text, --question ...)."""
-        raise UsageError(f"ftune predict does not serve {self.name} runs; use ftune generate with them")
+    def check_inputs(self, config: TrainConfig, state: dict[str, Any], inputs: list[dict[str, Any]],
+                     names: list[str]) -> None:
+        """Raise UsageError naming the first unusable input row (`names` say how the user knows each row)."""
 
-    def model_card_usage(self, run_path: str, lora: bool, state: dict[str, Any]) -> str:
+    def predict(self, config: TrainConfig, trainer, tokenizer, state: dict[str, Any],
+                inputs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+        """Each input row with the task's prediction fields added."""
+        import datasets
+
+        self.check_inputs(config, state, inputs, names)
+        rows = datasets.Dataset.from_list(inputs)
+        features = self.features(config, tokenizer, rows, state, purpose="predict")
+        output = trainer.predict(self.model_inputs(features), metric_key_prefix="predict")
+        outputs = self.decode(config, tokenizer, state, rows, features, output.predictions)
+        return [{**row, **self.prediction_fields(out)} for row, out in zip(inputs, outputs)]
+
+    def prediction_fields(self, output: dict[str, Any]) -> dict[str, Any]:
+        """What `ftune predict` adds to an input row for one decoded output."""
+        return dict(output)
+
+    # ---- the model card ---------------------------------------------------------------------------
+    def model_card_usage(self, config: TrainConfig, state: dict[str, Any], run_path: str) -> str:
         """Python that loads the trained model, for the model card."""
-        cls = self.peft_model_class if lora else self.model_class
-        module = "peft" if lora else "transformers"
+        cls = self.peft_model_class if config.lora else self.model_class
+        module = "peft" if config.lora else "transformers"
         return (f"from {module} import {cls}\nfrom transformers import AutoTokenizer\n\n"
                 f"model = {cls}.from_pretrained(\"{run_path}\")\n"
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")")
+
+
+def first_array(predictions):
+    """The logits of a model output that may come as a tuple (logits, hidden states ...)."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
+
+
+def softmax(logits):
+    import numpy as np
+
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(-1, keepdims=True)

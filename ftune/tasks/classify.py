@@ -1,128 +1,132 @@
 """`ftune classify`: sequence classification of single texts or text pairs (e.g. sentiment, NLI).
 
-Labels may be strings or ints (or a datasets ClassLabel); their names go into the model config's
-id2label/label2id, so the saved model and the `text-classification` pipeline speak them.
+Labels may be strings or numbers (or a datasets ClassLabel); their names go into the model config's
+id2label/label2id (ftune.tasks.labels), so the saved model and the `text-classification` pipeline speak them.
+Each held-out row's prediction is the class with the highest softmax probability, with that probability as
+its score; accuracy and macro precision/recall/F1 come from ftune's `classification` metric module.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
+from ftune.config import TaskOptions, option
 from ftune.data import check_no_missing, pick_column
 from ftune.errors import UsageError
-from ftune.tasks.base import Evaluation, Task
+from ftune.tasks.base import PredictInput, Scores, Task, first_array, softmax
+from ftune.tasks.labels import check_known, class_names, distinct_values, label_config, row_labels
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "review", "content", "document")
 PAIR_OF = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "question": "sentence"}
 LABEL_COLUMNS = ("label", "labels", "class", "category", "sentiment", "rating", "target")
 
 
+@dataclass
+class ClassifyOptions(TaskOptions):
+    text_column: Optional[str] = option(None, "Column with the text (detected: text, sentence, sentence1, "
+                                              "premise, question1, review, content).", panel="Data")
+    text_pair_column: Optional[str] = option(None, "Column with the second text of a pair (detected: "
+                                                   "sentence2, hypothesis, question2).", panel="Data")
+    label_column: Optional[str] = option(None, "Column with the label, strings or numbers (detected: label, "
+                                               "labels, class, category, sentiment, rating).", panel="Data")
+
+
 class ClassifyTask(Task):
     name = "classify"
+    summary = "Fine-tune sequence classification (single texts or text pairs)."
+    options_class = ClassifyOptions
     model_class = "AutoModelForSequenceClassification"
     peft_model_class = "AutoPeftModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     main_metric = "f1"
-    pipeline_task = "text-classification"
+    predict_inputs = (PredictInput("texts", "--text", "Input text (repeatable)."),
+                      PredictInput("text_pairs", "--text-pair", "Second text of a pair, one per --text."))
 
     # ---- data -------------------------------------------------------------------------------------
     def resolve_columns(self, config, columns):
-        text = pick_column(columns, config.text_column, TEXT_COLUMNS, what="text", option="--text-column")
-        pair_candidates = [PAIR_OF[text.lower()]] if text.lower() in PAIR_OF and not config.text_column else []
-        pair = pick_column(columns, config.text_pair_column, pair_candidates, what="second text",
+        opts = config.task_options
+        text = pick_column(columns, opts.text_column, TEXT_COLUMNS, what="text", option="--text-column")
+        pair_candidates = [PAIR_OF[text.lower()]] if text.lower() in PAIR_OF and not opts.text_column else []
+        pair = pick_column(columns, opts.text_pair_column, pair_candidates, what="second text",
                            option="--text-pair-column", required=False)
-        label = pick_column([c for c in columns if c not in (text, pair)] if not config.label_column else columns,
-                            config.label_column, LABEL_COLUMNS, what="label", option="--label-column")
+        label = pick_column([c for c in columns if c not in (text, pair)] if not opts.label_column else columns,
+                            opts.label_column, LABEL_COLUMNS, what="label", option="--label-column")
         if label in (text, pair):
             raise UsageError(f"column '{label}' cannot be both the label and a text column")
         return {"text": text, "text_pair": pair, "label": label}
 
     def stratify_by(self, columns):
-        return lambda ds: [str(v) for v in ds[columns["label"]]]
+        return lambda ds: row_labels(ds, columns["label"])
 
     def prepare_state(self, config, split, columns):
         used = [c for c in columns.values() if c]
-        for name, ds in (("the training split", split.train), ("the held-out split", split.eval)):
-            check_no_missing(ds, used, name)
-        labels = label_names(split.train, columns["label"])
+        check_no_missing(split.train, used, "the training split", ids=split.train_ids)
+        check_no_missing(split.eval, used, "the held-out split", ids=split.eval_ids)
+        label = columns["label"]
+        labels = class_names(distinct_values(split.train, label), split.train.features[label], column=label)
         if len(labels) < 2:
-            raise UsageError(f"the training rows have one class only ({labels[0]!r} in column '{columns['label']}'); "
+            raise UsageError(f"the training rows have one class only ({labels[0]!r} in column '{label}'); "
                              "classification needs at least two")
-        known = set(labels)
-        unseen = sorted({str(v) for v in _label_values(split.eval, columns["label"])} - known)
+        unseen = sorted(set(row_labels(split.eval, label)) - set(labels))
         if unseen:
             raise UsageError(f"held-out labels never seen in training: {', '.join(unseen[:10])}; add training rows "
                              f"for them or drop those rows (training labels: {', '.join(labels[:20])})")
         return {"columns": columns, "labels": labels}
 
-    def check_eval_rows(self, config, state, rows, where):
-        super().check_eval_rows(config, state, rows, where)
+    def check_rows(self, config, state, rows, where):
+        super().check_rows(config, state, rows, where)
         check_no_missing(rows, [c for c in state["columns"].values() if c], where)
-        unseen = sorted({str(v) for v in _label_values(rows, state["columns"]["label"])} - set(state["labels"]))
-        if unseen:
-            raise UsageError(f"{where} has labels this run never learned: {', '.join(unseen[:10])} (it knows "
-                             f"{', '.join(state['labels'][:20])})")
+        check_known(row_labels(rows, state["columns"]["label"]), state["labels"], where)
 
     # ---- model ------------------------------------------------------------------------------------
     def base_model_kwargs(self, state):
-        labels = state["labels"]
-        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                "label2id": {name: i for i, name in enumerate(labels)},
-                "ignore_mismatched_sizes": True}  # a checkpoint already tuned on other labels gets a new head
+        # ignore_mismatched_sizes: a checkpoint already tuned on other labels gets a new head.
+        return {**label_config(state["labels"]), "ignore_mismatched_sizes": True}
 
     # ---- features ---------------------------------------------------------------------------------
-    def preprocess(self, config, tokenizer, ds, state, *, training):
+    def features(self, config, tokenizer, rows, state, *, purpose):
         columns = state["columns"]
         label_ids = {name: i for i, name in enumerate(state["labels"])}
-        class_names = getattr(ds.features.get(columns["label"]), "names", None)
-        to_name = (lambda v: class_names[v]) if class_names else str
+        labelled = purpose != "predict" and columns["label"] in rows.column_names
+        names = row_labels(rows, columns["label"]) if labelled else None
 
-        def encode(batch):
+        def encode(batch, indices):
             pair = batch[columns["text_pair"]] if columns["text_pair"] else None
             features = tokenizer(batch[columns["text"]], pair, truncation=True, max_length=config.max_length)
-            if columns["label"] in batch:
-                features["labels"] = [label_ids[to_name(v)] for v in batch[columns["label"]]]
+            if names is not None:
+                features["labels"] = [label_ids[names[i]] for i in indices]
             return features
 
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenizing")
-
-    def compute_metrics(self, state):
-        num_labels = len(state["labels"])
-        metric = _metric()
-
-        def compute(eval_pred):
-            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-            scores = metric.compute(predictions=logits.argmax(-1), references=eval_pred.label_ids,
-                                    num_labels=num_labels)
-            return {k: v for k, v in scores.items() if isinstance(v, float)}
-
-        return compute
+        return rows.map(encode, batched=True, with_indices=True, remove_columns=rows.column_names,
+                        desc="tokenizing")
 
     # ---- scoring ----------------------------------------------------------------------------------
-    def evaluate(self, trainer, tokenizer, config, rows, state) -> Evaluation:
-        import numpy as np
+    def decode(self, config, tokenizer, state, rows, features, predictions):
+        labels = state["labels"]
+        probs = softmax(first_array(predictions))
+        best = probs.argmax(-1)
+        return [{"prediction": labels[k], "score": float(probs[i, k])} for i, k in enumerate(best.tolist())]
+
+    def references(self, config, state, rows):
+        return row_labels(rows, state["columns"]["label"])
+
+    def metrics(self, config, state, outputs, references, features):
+        from ftune.metrics import load_metric
 
         labels = state["labels"]
-        features = self.preprocess(config, tokenizer, rows, state, training=False)
-        output = trainer.predict(features, metric_key_prefix="eval")
-        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        probs = _softmax(np.asarray(logits, dtype=np.float64))
-        pred_ids = probs.argmax(-1)
-        scores = _metric().compute(predictions=pred_ids, references=output.label_ids, num_labels=len(labels))
-        metrics = {f"eval_{k}": v for k, v in scores.items() if isinstance(v, float)}
-        metrics["eval_loss"] = float(output.metrics["eval_loss"])
-        metrics["eval_samples"] = len(rows)
-        ids = _row_ids(rows)
-        predictions = [{"id": ids[i], "prediction": labels[p], "reference": labels[r], "score": float(probs[i, p])}
-                       for i, (p, r) in enumerate(zip(pred_ids.tolist(), output.label_ids.tolist()))]
+        index = {name: i for i, name in enumerate(labels)}
+        scores = load_metric("classification").compute(
+            predictions=[index[o["prediction"]] for o in outputs], references=[index[r] for r in references],
+            num_labels=len(labels))
         per_class = {labels[i]: figures for i, figures in scores["per_class"].items()}
         details = {"per_class": per_class, "confusion_matrix": {"labels": labels,
                                                                 "matrix": scores["confusion_matrix"]}}
-        return Evaluation(metrics=metrics, predictions=predictions, details=details,
-                          table=_per_class_table(per_class, labels, scores["confusion_matrix"]))
+        return Scores(metrics={k: v for k, v in scores.items() if isinstance(v, float)}, details=details,
+                      table=_per_class_table(per_class, labels, scores["confusion_matrix"]))
 
     # ---- inference --------------------------------------------------------------------------------
-    def inputs_from_options(self, state, options):
+    def inputs_from_options(self, config, state, options):
         texts, pairs = options.get("texts") or [], options.get("text_pairs") or []
         columns = state["columns"]
         if not texts:
@@ -137,34 +141,23 @@ class ClassifyTask(Task):
             row[columns["text_pair"] or "text_pair"] = pair
         return rows
 
-    def predict(self, model, tokenizer, config, state, inputs, batch_size):
-        import numpy as np
-        import torch
-
-        columns, labels = state["columns"], state["labels"]
+    def check_inputs(self, config, state, inputs, names):
+        columns = state["columns"]
         needed = [c for c in (columns["text"], columns["text_pair"]) if c]
         missing = [c for c in needed if c not in inputs[0]]
         if missing:
             raise UsageError(f"the input has no column {', '.join(repr(c) for c in missing)}; this run reads "
                              f"{', '.join(needed)} (the input has: {', '.join(inputs[0])})")
-        results = []
-        device = next(model.parameters()).device
-        for start in range(0, len(inputs), batch_size):
-            batch = inputs[start:start + batch_size]
-            texts = [str(r[columns["text"]]) for r in batch]
-            pairs = [str(r[columns["text_pair"]]) for r in batch] if columns["text_pair"] else None
-            encoded = tokenizer(texts, pairs, truncation=True, max_length=config["max_length"], padding=True,
-                                return_tensors="pt").to(device)
-            with torch.no_grad():
-                logits = model(**encoded).logits.float().cpu().numpy()
-            probs = _softmax(logits.astype(np.float64))
-            for row, p in zip(batch, probs):
-                best = int(p.argmax())
-                results.append({**row, "label": labels[best], "score": float(p[best])})
-        return results
+        for row, name in zip(inputs, names):
+            for column in needed:
+                if not isinstance(row.get(column), str) or not row[column].strip():
+                    raise UsageError(f"{name} has no text in column '{column}'; give every row a text to classify")
 
-    def model_card_usage(self, run_path, lora, state):
-        if not lora:
+    def prediction_fields(self, output):
+        return {"label": output["prediction"], "score": output["score"]}
+
+    def model_card_usage(self, config, state, run_path):
+        if not config.lora:
             return (f"from transformers import pipeline\n\nclassifier = pipeline(\"text-classification\", "
                     f"model=\"{run_path}\")\nclassifier(\"some text\")")
         labels = state["labels"]
@@ -176,48 +169,8 @@ class ClassifyTask(Task):
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")")
 
 
-def label_names(ds, column: str) -> list[str]:
-    """Class names in id order: a ClassLabel's names, else the sorted distinct values (numbers numerically)."""
-    feature = ds.features[column]
-    if hasattr(feature, "names"):
-        return list(feature.names)
-    values = set(_label_values(ds, column))
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return [str(v) for v in sorted(values)]
-    return sorted(str(v) for v in values)
-
-
-def _label_values(ds, column: str) -> list[Any]:
-    feature = ds.features[column]
-    values = ds[column]
-    if hasattr(feature, "names"):
-        return [feature.names[v] for v in values]
-    return values
-
-
-def _metric():
-    from ftune.metrics import load_metric
-
-    return load_metric("classification")
-
-
-def _softmax(logits):
-    import numpy as np
-
-    shifted = logits - logits.max(-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(-1, keepdims=True)
-
-
-def _row_ids(rows) -> list[Any]:
-    for name in ("id", "idx", "guid"):
-        if name in rows.column_names:
-            return list(rows[name])
-    return list(range(len(rows)))
-
-
 def _per_class_table(per_class: dict[str, dict], labels: list[str], matrix: list[list[int]]) -> str:
-    from ftune.report import table
+    from ftune.console import table
 
     rows = [(name, f"{f['precision']:.4f}", f"{f['recall']:.4f}", f"{f['f1']:.4f}", f["support"])
             for name, f in per_class.items()]

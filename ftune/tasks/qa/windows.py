@@ -2,7 +2,7 @@
 from the windows' start/end logits and mapped back to the context's characters.
 
 transformers 5 has no question-answering pipeline, so this is ftune's own code, shared by the evaluations
-during training, `ftune eval` and `ftune predict`. It needs numpy only (no torch).
+during training, `ftune eval` and `ftune predict` (all through the task's `decode`). It needs numpy only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from ftune.errors import UsageError
 
 # Window columns that describe where a window came from; the model does not take them.
-WINDOW_INFO_COLUMNS = ("example_index", "cls_index", "offset_mapping", "context", "gold")
+WINDOW_INFO_COLUMNS = ("example_index", "cls_index", "offset_mapping")
 
 
 @dataclass(frozen=True)
@@ -159,35 +159,3 @@ def _choose(context: str, candidates: list[tuple[float, int, int]], null_score: 
         return {"text": "", "start": None, "end": None, "score": float(probs[-1]) if settings.version_2 else 0.0}
     _, start, end = candidates[0]
     return {"text": context[start:end], "start": start, "end": end, "score": float(probs[0])}
-
-
-def answers_for_windows(windows, start_logits, end_logits, settings: SpanSettings) -> tuple[list[dict], list[list[str]]]:
-    """Best answers and gold answer texts per example, from a windows dataset with WINDOW_INFO_COLUMNS."""
-    example_index = windows["example_index"]
-    count = max(example_index) + 1 if len(example_index) else 0
-    contexts: list[str] = [""] * count
-    golds: list[list[str]] = [[] for _ in range(count)]
-    for example, context, gold in zip(example_index, windows["context"], windows["gold"]):
-        contexts[example], golds[example] = context, list(gold or [])
-    answers = best_answers(contexts, example_index, windows["offset_mapping"], windows["cls_index"], start_logits,
-                           end_logits, settings)
-    return answers, golds
-
-
-class WindowScorer:
-    """The QA task's compute_metrics: SQuAD scores need the windows' offsets and contexts besides the logits,
-    so ftune's QA trainer binds it to its eval windows (`score`); called bare it adds no metrics."""
-
-    def __init__(self, version_2: bool):
-        self.version_2 = version_2
-
-    def __call__(self, eval_pred) -> dict[str, float]:
-        return {}
-
-    def score(self, windows, predictions, settings: SpanSettings) -> dict[str, float]:
-        from ftune.metrics import load_metric
-
-        start_logits, end_logits = predictions[0], predictions[1]
-        answers, golds = answers_for_windows(windows, start_logits, end_logits, settings)
-        return load_metric("squad").compute(predictions=[a["text"] for a in answers], references=golds,
-                                            version_2=settings.version_2)

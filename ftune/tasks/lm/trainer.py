@@ -3,20 +3,22 @@ sum of its token losses and its scored token count.
 
 The stock prediction step hands back the full logits (examples x tokens x vocabulary), which the Trainer
 keeps for the whole eval set; here each batch's logits are reduced at once, so memory stays one batch's.
+It derives from FtuneTrainer, so the held-out rows keep their order and each sum stays with its row.
 Imported only when a run starts (it imports transformers).
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import Trainer
+
+from ftune.trainers import FtuneTrainer
 
 IGNORE = -100
 
 
-class TokenLossTrainer(Trainer):
-    """Predictions are (sum of token losses, token count) rows; the loss is left to compute_metrics so that
-    eval_loss is the mean over all held-out tokens, not a mean of per-batch means."""
+class TokenLossTrainer(FtuneTrainer):
+    """Predictions are (sum of token losses, token count) rows; the loss is left to the task's metrics so
+    that eval_loss is the mean over all held-out tokens, not a mean of per-batch means."""
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

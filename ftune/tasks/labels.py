@@ -1,0 +1,87 @@
+"""Class labels, shared by the tasks that predict classes (classify: one per row; ner: one per word).
+
+Labels may be strings, ints or floats, or a datasets ClassLabel; a run knows them by name, in id order, and
+writes the names into the model config's id2label/label2id, so the saved model speaks them. Values that mean
+the same class are one class: 1 and 1.0 are both "1"; two texts that spell the same number ("1", "01") are
+an error, since no one can say which was meant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Optional
+
+from ftune.errors import UsageError
+
+
+def label_name(value: Any) -> str:
+    """The name of one label value: whole floats lose their ".0", so 1 and 1.0 name one class."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def feature_names(feature: Any) -> Optional[list[str]]:
+    """The class names of a ClassLabel feature (or of the ClassLabel inside a list feature), else None."""
+    inner = getattr(feature, "feature", None)
+    if inner is not None and hasattr(inner, "names"):
+        return list(inner.names)
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def class_names(values: Iterable[Any], feature: Any = None, *, column: str = "label") -> list[str]:
+    """Class names in id order: a ClassLabel's names, else the distinct values sorted (numbers numerically)."""
+    names = feature_names(feature)
+    if names is not None:
+        return names
+    distinct = {v for v in values if v is not None}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct):
+        return list(dict.fromkeys(label_name(v) for v in sorted(distinct)))
+    found = sorted({label_name(v) for v in distinct})
+    check_no_clash(found, column)
+    return found
+
+
+def check_no_clash(names: list[str], column: str) -> None:
+    """Raise when two label texts spell the same number ("1" and "1.0"): one class or two is anyone's guess."""
+    by_number: dict[float, list[str]] = {}
+    for name in names:
+        try:
+            number = float(name)
+        except ValueError:
+            continue
+        by_number.setdefault(number, []).append(name)
+    clashes = [spellings for spellings in by_number.values() if len(spellings) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(repr(s) for s in spellings) for spellings in clashes[:3])
+        raise UsageError(f"column '{column}' spells one label in several ways ({shown}); write each class one way")
+
+
+def row_labels(ds, column: str) -> list[str]:
+    """Each row's label name (ClassLabel ids turned into their names)."""
+    names = feature_names(ds.features[column])
+    values = ds[column]
+    if names is not None:
+        return [names[v] for v in values]
+    return [label_name(v) for v in values]
+
+
+def distinct_values(ds, column: str) -> list[Any]:
+    """The distinct values of a column, read column-wise (Arrow), not row by row."""
+    return ds.unique(column)
+
+
+def check_known(found: Iterable[str], known: list[str], where: str) -> None:
+    """Raise UsageError naming labels in `found` that are not among the run's `known` labels."""
+    unseen = sorted(set(found) - set(known))
+    if unseen:
+        raise UsageError(f"{where} has labels this run never learned: {', '.join(unseen[:10])} (it knows "
+                         f"{', '.join(known[:20])})")
+
+
+def label_config(labels: list[str]) -> dict[str, Any]:
+    """from_pretrained arguments that size the head and name its classes."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
