@@ -73,7 +73,7 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
         source, data=config.data, data_config=config.data_config, train_split=config.train_split,
         eval_split=config.eval_split, val_fraction=config.val_fraction, seed=config.seed,
         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-        stratify=task.stratify_by(columns))
+        stratify=task.stratify_by(config, columns))
     tokenizer = task.load_tokenizer(config)
     state = task.prepare_state(config, split, columns)
     if main:
@@ -141,6 +141,7 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
     from ftune.precision import precision_arguments
 
     on_gpu = torch.cuda.is_available()
+    best_metric, greater_is_better = task.best_metric(config)
     if config.eval_steps:
         schedule = {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": config.eval_steps,
                     "save_steps": config.eval_steps}
@@ -166,8 +167,8 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         logging_first_step=True,
         save_total_limit=2,  # the best and the latest: enough to resume and to restore the best
         load_best_model_at_end=True,
-        metric_for_best_model=task.main_metric,
-        greater_is_better=task.greater_is_better,
+        metric_for_best_model=best_metric,
+        greater_is_better=greater_is_better,
         activation_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         report_to="none",

@@ -89,7 +89,7 @@ class Task:
         """Map the task's roles (text, label, ...) to the data's column names; raise UsageError if unclear."""
         raise NotImplementedError
 
-    def stratify_by(self, columns: dict[str, Optional[str]]):
+    def stratify_by(self, config: TrainConfig, columns: dict[str, Optional[str]]):
         """A function giving each row's class for a stratified carve, or None."""
         return None
 
@@ -103,6 +103,10 @@ class Task:
         if missing:
             raise UsageError(f"{where} has no column {', '.join(missing)}, which this run reads; the columns are: "
                              f"{', '.join(rows.column_names)}")
+
+    def best_metric(self, config: TrainConfig) -> tuple[str, bool]:
+        """The metric that picks the best checkpoint (without "eval_") and whether greater is better."""
+        return self.main_metric, self.greater_is_better
 
     # ---- model ------------------------------------------------------------------------------------
     def model_source(self, config: TrainConfig):

@@ -56,7 +56,7 @@ class ClassifyTask(Task):
             raise UsageError(f"column '{label}' cannot be both the label and a text column")
         return {"text": text, "text_pair": pair, "label": label}
 
-    def stratify_by(self, columns):
+    def stratify_by(self, config, columns):
         return lambda ds: row_labels(ds, columns["label"])
 
     def prepare_state(self, config, split, columns):
