@@ -99,19 +99,70 @@ def _load_files(groups: dict[str, list[Path]], data: str):
     if not suffixes <= FILE_READERS.keys():
         raise UsageError(f"cannot read {data}: use a .csv, .tsv, .json, .jsonl, .parquet or .txt file")
     builder, extra = FILE_READERS[sorted(suffixes)[0]]
-    data_files = {split: [str(f) for f in files] for split, files in groups.items()}
+    files = [f for split_files in groups.values() for f in split_files]
+    blank = [f for f in files if _is_blank(f)]
+    if blank:
+        raise UsageError(f"{blank[0]} has no rows; give data with at least one example")
+    data_files = {split: [str(f) for f in split_files] for split, split_files in groups.items()}
     try:
         loaded = datasets.load_dataset(builder, data_files=data_files, **extra)
     except Exception as exc:  # the readers raise many types (pandas, pyarrow, json) for a malformed file
+        for file in files:
+            if builder != "parquet":
+                _require_utf8(file)
+            if file.suffix.lower() == ".jsonl":
+                _require_json_lines(file)
         detail = " ".join(str(exc).split())[:300]
-        if "corresponds to no data" in detail or isinstance(exc, datasets.exceptions.DatasetGenerationError) and \
-                all(f.stat().st_size == 0 for files in groups.values() for f in files):
+        if "corresponds to no data" in detail:
             raise UsageError(f"{data} has no rows; give data with at least one example") from None
-        raise UsageError(f"could not read {data}: {detail}; fix the malformed rows or convert the file") from None
+        cause = " ".join(str(exc.__cause__ or "").split())[:200]
+        raise UsageError(f"could not read {data}: {detail}{' (' + cause + ')' if cause else ''}; fix the malformed "
+                         "rows or convert the file") from None
     for split, ds in loaded.items():
         if len(ds) == 0:
             raise UsageError(f"{data}: split '{split}' has no rows; give data with at least one example")
+    loaded.source_files = {split: list(split_files) for split, split_files in groups.items()}  # to name rows
     return loaded
+
+
+def _is_blank(file: Path) -> bool:
+    """A file with nothing but white space (read only as far as the first other byte)."""
+    with file.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _require_utf8(file: Path) -> None:
+    """Raise UsageError naming the line of the first byte that is not UTF-8."""
+    decoder = __import__("codecs").getincrementaldecoder("utf-8")()
+    line = 1
+    with file.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line += chunk[:exc.start].count(b"\n")
+                raise UsageError(f"{file} is not UTF-8 text (line {line} has the byte 0x{chunk[exc.start]:02x}); "
+                                 f"convert it, e.g. iconv -f latin1 -t utf-8 {file} > {file.stem}.utf8{file.suffix}"
+                                 ) from None
+            line += chunk.count(b"\n")
+
+
+def _require_json_lines(file: Path) -> None:
+    """Raise UsageError naming the first line of a .jsonl file that is not one JSON object."""
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{file} line {number} is not valid JSON ({exc.msg}); write one JSON object per "
+                                 "line") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{file} line {number} is not a JSON object; write one object per line") from None
 
 
 def pick_column(columns: Iterable[str], given: Optional[str], candidates: Iterable[str], *, what: str,
@@ -132,11 +183,11 @@ def pick_column(columns: Iterable[str], given: Optional[str], candidates: Iterab
     return None
 
 
-def check_no_missing(ds, columns: Iterable[str], where: str, ids: Optional[list] = None) -> None:
+def check_no_missing(ds, columns: Iterable[str], where: str, ids=None) -> None:
     """Raise if any row has no value in one of `columns` (null, or blank text), naming the first such rows.
 
-    The check runs on the Arrow columns, not row by row. Rows are named by `ids` (the data's own ids or row
-    numbers) when given, else by their position in `ds`.
+    The check runs on the Arrow columns, not row by row. `ids` names the rows: a RowNames (lines of the user's
+    file, or ids), or a list of ids; else rows are named by their position in `ds`.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -150,10 +201,61 @@ def check_no_missing(ds, columns: Iterable[str], where: str, ids: Optional[list]
             missing = pc.or_(missing, pc.fill_null(blank, True))
         bad = pc.indices_nonzero(missing).to_pylist()
         if bad:
-            named = [ids[i] for i in bad[:5]] if ids is not None else bad[:5]
-            shown = ", ".join(str(i) for i in named) + (" ..." if len(bad) > 5 else "")
-            raise UsageError(f"{len(bad)} row(s) of {where} have no value in column '{column}' (rows {shown}); "
-                             f"fill or remove them")
+            raise UsageError(f"{len(bad)} row(s) of {where} have no value in column '{column}' "
+                             f"({describe_rows(bad, ids)}); fill or remove them")
+
+
+def describe_rows(positions: list[int], ids=None, most: int = 5) -> str:
+    """The first few of some rows, as the user knows them ("lines 4, 9", "ids r3", "rows 17, 20")."""
+    shown = positions[:most]
+    if isinstance(ids, RowNames):
+        kind, names = ids.describe(shown)
+    else:
+        kind, names = "row", [str(ids[i] if ids is not None else i) for i in shown]
+    plural = "s" if len(shown) > 1 else ""
+    return f"{kind}{plural} {', '.join(names)}" + (" ..." if len(positions) > most else "")
+
+
+@dataclass
+class RowNames:
+    """How messages name the rows of a split: by the data's id column, else by their line in the user's file
+    (one .jsonl/.csv/.tsv file whose lines are its rows), else by their 0-based index in the source split."""
+
+    positions: list[int]                 # each row's index in its source split
+    id_values: Optional[list] = None     # the data's id column, when it has one
+    file: Optional[Path] = None          # the single file the source split was read from
+
+    def describe(self, rows: list[int]) -> tuple[str, list[str]]:
+        """(what the names are, the names) of `rows`, e.g. ("line", ["4", "9"])."""
+        if self.id_values is not None:
+            return "id", [str(self.id_values[i]) for i in rows]
+        first_line = self._first_line()
+        if first_line is not None:
+            return f"{self.file.name} line", [str(self.positions[i] + first_line) for i in rows]
+        return "row", [str(self.positions[i]) for i in rows]
+
+    def _first_line(self) -> Optional[int]:
+        """The file line of row 0 when lines and rows correspond one to one, else None."""
+        if self.file is None or self.file.suffix.lower() not in (".jsonl", ".csv", ".tsv"):
+            return None
+        with self.file.open("rb") as handle:
+            lines = handle.read().splitlines()
+        if any(not line.strip() for line in lines):
+            return None
+        header = 0 if self.file.suffix.lower() == ".jsonl" else 1
+        return header + 1 if len(lines) - header == self._source_rows else None
+
+    _source_rows: int = 0
+
+
+def row_names(source, split: str, rows, positions: list[int]) -> RowNames:
+    """RowNames for `rows`, taken at `positions` of `source[split]`."""
+    id_column = next((name for name in ID_COLUMNS if name in rows.column_names), None)
+    files = getattr(source, "source_files", {}).get(split, [])
+    names = RowNames(positions=list(positions), id_values=list(rows[id_column]) if id_column else None,
+                     file=files[0] if len(files) == 1 else None)
+    names._source_rows = len(source[split])
+    return names
 
 
 def row_ids(rows, positions: Iterable[int]) -> list[Any]:
@@ -177,12 +279,8 @@ class HeldOutSplit:
     eval: Any
     eval_ids: list[Any] = field(default_factory=list)   # what names each held-out row (see `row_ids`)
     record: dict[str, Any] = field(default_factory=dict)
-    train_indices: list[int] = field(default_factory=list)
-
-    @property
-    def train_ids(self) -> list[Any]:
-        """What names each training row in messages: its id, or its index in the source split."""
-        return row_ids(self.train, self.train_indices)
+    train_names: Optional[RowNames] = None               # how messages name the training rows
+    eval_names: Optional[RowNames] = None                # ... and the held-out rows
 
 
 def build_held_out_split(source, *, data: str, data_config: Optional[str], train_split: str,
@@ -231,8 +329,10 @@ def build_held_out_split(source, *, data: str, data_config: Optional[str], train
     record = {"source": data, "data_config": data_config, "train_split": train_split, **method,
               "train_rows": len(train_indices), "rows": len(eval_indices), "fingerprint": fingerprint(eval_rows),
               "indices": eval_indices}
-    return HeldOutSplit(train=train_full.select(train_indices), eval=eval_rows,
-                        eval_ids=row_ids(eval_rows, eval_indices), record=record, train_indices=train_indices)
+    train_rows = train_full.select(train_indices)
+    return HeldOutSplit(train=train_rows, eval=eval_rows, eval_ids=row_ids(eval_rows, eval_indices), record=record,
+                        train_names=row_names(source, train_split, train_rows, train_indices),
+                        eval_names=row_names(source, record["eval_split"], eval_rows, eval_indices))
 
 
 def carve_indices(n: int, fraction: float, seed: int, labels: Optional[list] = None) -> tuple[list[int], list[int]]:

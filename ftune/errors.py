@@ -13,3 +13,12 @@ class UsageError(Exception):
     def __init__(self, message: str):
         # One line, always: a multi-line message from a library is folded so scripts can grep it.
         super().__init__(" ".join(str(message).split()))
+
+
+class RunFailed(Exception):
+    """A run that failed for a reason ftune can name (e.g. the loss diverged): one line, exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))

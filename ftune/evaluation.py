@@ -14,6 +14,7 @@ from typing import Optional
 
 from ftune import console
 from ftune.errors import UsageError
+from ftune.folders import mark_output, prepare_output_folder
 from ftune.hub import ensure_offline_if_unreachable
 from ftune.rundir import EVAL_PREDICTIONS, EVAL_RESULTS, RunDir, open_run
 
@@ -28,10 +29,8 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
     rows, ids, described, default_target = _rows_to_score(run, data, data_config, split)
     if max_eval_samples is not None:
         rows, ids = rows.select(range(min(max_eval_samples, len(rows)))), ids[:max_eval_samples]
-    target = RunDir(Path(output_dir) if output_dir else default_target)
-    if target.path.resolve() == run.path.resolve() and (data is not None or split is not None):
-        raise UsageError("results on other data never replace the run's recorded results; pass another "
-                         "--output-dir or leave it out (they go to a folder inside the run)")
+    target = RunDir(_output_folder(run, Path(output_dir) if output_dir else default_target,
+                                   other_data=data is not None or split is not None))
 
     from ftune.models import load_run_model, load_run_tokenizer
     from ftune.trainers import inference_trainer
@@ -43,13 +42,25 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
                                     batch_size=batch_size, scratch=scratch)
         evaluation = task.evaluate(config, trainer, tokenizer, run.state, rows, ids)
 
-    target.path.mkdir(parents=True, exist_ok=True)
+    if target.path.resolve() != run.path.resolve():
+        mark_output(target.path, "eval", run=str(run.path.resolve()))
     target.write_evaluation(evaluation)
     console.info(console.metrics_table(evaluation.metrics, title=f"{described} ({len(rows):,} rows)"))
     if evaluation.table:
         console.info(evaluation.table)
     console.info(f"wrote {target.path / EVAL_RESULTS} and {target.path / EVAL_PREDICTIONS}")
     return evaluation
+
+
+def _output_folder(run, path: Path, *, other_data: bool) -> Path:
+    """Where results go: the run itself for its recorded split; otherwise a folder ftune may write (new, empty,
+    or an earlier evaluation output) that is not a run and does not hold one."""
+    if path.resolve() == run.path.resolve():
+        if other_data:
+            raise UsageError("results on other data never replace the run's recorded results; pass another "
+                             "--output-dir or leave it out (they go to a folder inside the run)")
+        return path
+    return prepare_output_folder(path, "eval", refuse=(run.path,))
 
 
 def _rows_to_score(run, data, data_config, split):

@@ -69,15 +69,17 @@ def generate_texts(model, tokenizer, prompts: list[str], options: GenerationOpti
     kwargs = options.generate_kwargs(model, tokenizer)
     if options.seed is not None:
         set_seed(options.seed)  # once, before the first batch: the same prompts and seed give the same texts
-    side = tokenizer.padding_side
+    room = None if encoder_decoder else prompt_room(model, tokenizer, prompts, options, chat=chat)
+    sides = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = "right" if encoder_decoder else "left"
+    tokenizer.truncation_side = "right" if encoder_decoder else "left"  # a long prompt keeps its end
     results: list[list[str]] = []
     try:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
             # A chat template already put in the special tokens (BOS) the model expects.
             encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat,
-                                truncation=encoder_decoder).to(device)
+                                truncation=encoder_decoder or room is not None, max_length=room).to(device)
             with torch.no_grad():
                 output = model.generate(**encoded, **kwargs, streamer=streamer)
             new_tokens = output if encoder_decoder else output[:, encoded["input_ids"].shape[1]:]
@@ -85,8 +87,30 @@ def generate_texts(model, tokenizer, prompts: list[str], options: GenerationOpti
             n = options.num_return_sequences
             results += [texts[i * n:(i + 1) * n] for i in range(len(batch))]
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side, tokenizer.truncation_side = sides
     return results
+
+
+def prompt_room(model, tokenizer, prompts: list[str], options: GenerationOptions, *, chat: bool) -> Optional[int]:
+    """For a decoder-only model: the most prompt tokens that leave room for --max-new-tokens in its context (None
+    when every prompt fits). Longer prompts lose their beginning, with a note; no room at all is an error."""
+    from ftune import console
+
+    context = next((v for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                    if isinstance(v := getattr(model.config, k, None), int) and v > 0), None)
+    if context is None:
+        return None
+    room = context - options.max_new_tokens
+    if room < 1:
+        raise UsageError(f"--max-new-tokens {options.max_new_tokens} leaves no room for a prompt in the model's "
+                         f"context of {context} tokens; pass --max-new-tokens {context - 1} or less")
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=not chat)["input_ids"]]
+    cut = sum(n > room for n in lengths)
+    if not cut:
+        return None
+    console.note(f"{cut} prompt(s) are longer than the {room} tokens the model's context of {context} leaves beside "
+                 f"--max-new-tokens {options.max_new_tokens}; their beginning was cut")
+    return room
 
 
 def apply_chat_template(tokenizer, prompts: list[str]) -> list[str]:
@@ -129,21 +153,28 @@ def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
     if prompts_file is None:
         if not prompts:
             raise UsageError("nothing to generate from: pass --prompt TEXT or --prompts-file FILE")
+        empty = next((i for i, p in enumerate(prompts, 1) if not p.strip()), None)
+        if empty is not None:
+            raise UsageError(f"--prompt number {empty} is empty; give the text to continue")
         return list(prompts)
     if not prompts_file.is_file():
         raise UsageError(f"--prompts-file {prompts_file} does not exist; pass a .txt or .jsonl file")
-    lines = [line for line in prompts_file.read_text().splitlines() if line.strip()]
+    try:
+        text = prompts_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--prompts-file {prompts_file} is not UTF-8 text; convert it (e.g. with iconv)") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     if prompts_file.suffix.lower() not in (".jsonl", ".json"):
-        found = lines
+        found = [line for _, line in lines]
     else:
         found = []
-        for number, line in enumerate(lines, 1):
+        for number, line in lines:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 raise UsageError(f"{prompts_file} line {number} is not JSON; write one object per line") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise UsageError(f"{prompts_file} line {number} has no \"prompt\" text field; write "
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise UsageError(f"{prompts_file} line {number} has no \"prompt\" text; write "
                                  "{\"prompt\": \"...\"} per line")
             found.append(row["prompt"])
     if not found:

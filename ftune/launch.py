@@ -10,12 +10,16 @@ GPU with NCCL. Users who launch ftune themselves (`torchrun -m ftune ...`, `acce
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from ftune.errors import UsageError
+
+# torchrun's own log lines (glog style: W1125 06:55:39.272000 12153 torch/...), not the ranks' output.
+_LAUNCHER_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
 
 
 def inside_launch() -> bool:
@@ -86,8 +90,10 @@ def _run_filtered(command: list[str], env: dict[str, str], debug: bool) -> int:
             continue
         if "exitcode" in line and ": 2" in line:
             usage_failure = True
-        if line.startswith("Traceback") or "ChildFailedError" in line or line.startswith("[W") or \
-                "torch.distributed" in line or line.startswith("===="):
+        if _LAUNCHER_LOG.match(line) or line.startswith("[W"):
+            continue
+        if line.startswith("Traceback") or "ChildFailedError" in line or "torch.distributed" in line or \
+                line.startswith("===="):
             in_report = True
         if in_report:
             continue

@@ -19,6 +19,8 @@ def model_card(path: Path, task, config, state: dict[str, Any], split: dict[str,
                 else f"{split.get('val_fraction')} of `{split.get('train_split')}` (seed {split.get('seed')}"
                      f"{', stratified' if split.get('stratified') else ''})")
     rows = "\n".join(f"| {k} | {format_value(v)} |" for k, v in metrics.items() if isinstance(v, (int, float)))
+    length = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs:g} epochs"
+    merge = f", `ftune merge {path} --output-dir MERGED`" if config.lora else ""
     labels = state.get("labels")
     label_line = f"- **Labels:** {', '.join(map(str, labels))}\n" if labels else ""
     text = f"""---
@@ -36,7 +38,8 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 - **Method:** {method}
 - **Data:** `{config.data}`{f' (configuration `{config.data_config}`)' if config.data_config else ''}; trained on
   {split.get('train_rows')} rows; held out: {held_out}, {split.get('rows')} rows
-{label_line}- **Training:** {config.epochs if not config.max_steps else str(config.max_steps) + ' steps'}{' epochs' if not config.max_steps else ''}, learning rate {config.learning_rate:g}, batch size {config.batch_size} x {config.grad_accum} accumulation, seed {config.seed}
+{label_line}- **Training:** {length}, learning rate {config.learning_rate:g}, batch size {config.batch_size} x \
+{config.grad_accum} accumulation, seed {config.seed}
 
 ## Held-out metrics
 
@@ -50,7 +53,7 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 {task.model_card_usage(config, state, str(Path(path).resolve()))}
 ```
 
-Or with ftune: `ftune eval {path}`, `ftune predict {path} ...`{f', `ftune merge {path} --output-dir MERGED`' if config.lora else ''}.
+Or with ftune: `ftune eval {path}`, `ftune predict {path} ...`{merge}.
 The full configuration is in `ftune.yaml`; the held-out rows are recorded in `split.json`.
 """
     return text

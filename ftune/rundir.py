@@ -1,18 +1,15 @@
 """The run directory: claiming it safely, every file ftune writes into it, and reading a finished run back.
 
 A run is finished when `train_results.json` exists: it is written last, after the model, the metrics
-and the model card, so an interrupted run never looks finished. While a run trains, `.ftune.lock`
-holds the process id, so a second run cannot write into the same folder. Every file name of a run is
-defined here, and written by RunDir's methods.
+and the model card, so an interrupted run never looks finished. Every file name of a run is defined here
+(or in ftune.folders: the markers and the lock), and written by RunDir's methods.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,71 +17,26 @@ from typing import Any, Iterable
 
 from ftune.config import RUN_INFO_KEY
 from ftune.errors import UsageError
+from ftune.folders import CONFIG_FILE, FINISHED_FILE, checkpoints
 
-CONFIG_FILE = "ftune.yaml"                 # every option as resolved, plus what the run derived
 SPLIT_FILE = "split.json"                  # how the held-out split was made, and its rows
-TRAIN_RESULTS = "train_results.json"       # written last: the run is finished
-FINISHED_MARKER = TRAIN_RESULTS
+TRAIN_RESULTS = FINISHED_FILE              # written last: the run is finished
 EVAL_RESULTS = "eval_results.json"
 EVAL_PREDICTIONS = "eval_predictions.jsonl"
 EVAL_DETAILS = "eval_details.json"
 MODEL_CARD = "README.md"
-LOCK_FILE = ".ftune.lock"
-
-
-def checkpoints(path: Path) -> list[Path]:
-    found = [p for p in path.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 @dataclass
 class RunDir:
+    """A folder ftune writes a run's files into (the run itself, its staging folder, or an evaluation folder)."""
+
     path: Path
-
-    def claim(self, *, resume: bool, overwrite: bool) -> None:
-        """Make the folder ours for this run, or raise UsageError saying why it cannot be."""
-        path = self.path
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"--output-dir {path} is a file; pass a folder")
-        if path.is_dir():
-            self._check_lock()
-            entries = [p for p in path.iterdir() if p.name != LOCK_FILE]
-            is_run = (path / CONFIG_FILE).is_file()
-            if entries and not is_run:
-                raise UsageError(f"--output-dir {path} is not empty and holds no ftune run; choose a new or empty "
-                                 "folder")
-            finished = (path / FINISHED_MARKER).is_file()
-            if finished and not overwrite:
-                raise UsageError(f"{path} holds a finished run; pass --overwrite to replace it or choose another "
-                                 "--output-dir")
-            if overwrite and is_run:
-                shutil.rmtree(path)
-            elif checkpoints(path) and not resume:
-                raise UsageError(f"{path} holds an interrupted run with checkpoints; pass --resume to continue it "
-                                 "or --overwrite to start over")
-        path.mkdir(parents=True, exist_ok=True)
-        (path / LOCK_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
-
-    def _check_lock(self) -> None:
-        lock = self.path / LOCK_FILE
-        if not lock.is_file():
-            return
-        pid, _, host = lock.read_text().strip().partition(" ")
-        if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
-            raise UsageError(f"{self.path} is in use by a running ftune process (pid {pid}); wait for it or "
-                             "choose another --output-dir")
-
-    def release(self) -> None:
-        (self.path / LOCK_FILE).unlink(missing_ok=True)
-
-    def last_checkpoint(self) -> Path | None:
-        found = checkpoints(self.path)
-        return found[-1] if found else None
 
     def remove_checkpoints(self) -> None:
         """A finished run keeps only its final model: checkpoints are for resuming interrupted runs."""
-        for ckpt in checkpoints(self.path):
-            shutil.rmtree(ckpt, ignore_errors=True)
+        for checkpoint in checkpoints(self.path):
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
@@ -173,16 +125,6 @@ def _json_default(value: Any):
     return str(value)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --------------------------------------------------------------------------------------------------
 # Reading a finished run
 
@@ -220,11 +162,14 @@ def open_run(path: str | Path) -> FinishedRun:
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UsageError(f"{path} is not an ftune run (no {CONFIG_FILE}); pass the --output-dir of a training run")
-    if not (path / FINISHED_MARKER).is_file():
+    if not (path / TRAIN_RESULTS).is_file():
         raise UsageError(f"run {path} did not finish; resume it with the same training command and --resume")
     saved = yaml.safe_load(config_file.read_text()) or {}
-    info = saved.pop(RUN_INFO_KEY, {})
-    task = get_task(info.get("task", ""))
+    info = saved.pop(RUN_INFO_KEY, {}) if isinstance(saved, dict) else {}
+    if not info.get("task"):
+        raise UsageError(f"{config_file} is not the configuration of an ftune run (no run: task); pass the "
+                         "--output-dir of a training run")
+    task = get_task(info["task"])
     config = resolve_config(task.options_class, layers=[(str(config_file), saved)])
     split_file = path / SPLIT_FILE
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}

@@ -1,9 +1,11 @@
 """The one training spine every task runs through.
 
-    claim the run directory -> load data -> columns -> held-out split (split.json) -> tokenizer
-    -> the task's checks and state (ftune.yaml) -> model (+ LoRA) -> features -> Trainer -> train
-    -> save model -> score the held-out split -> eval_results.json, eval_predictions.jsonl -> model card
-    -> trainer_state.json -> train_results.json (written last: the run is finished)
+    plan the run folder (checks only) -> load data -> columns -> held-out split -> tokenizer
+    -> the task's checks and state -> model (+ LoRA) -> features        [nothing on disk has changed yet]
+    -> claim the folder (the target, or a staging folder under --overwrite) -> ftune.yaml, split.json
+    -> Trainer -> train (complete checkpoints marked) -> save model -> score the held-out split
+    -> eval_results.json, eval_predictions.jsonl -> model card -> trainer_state.json
+    -> train_results.json (written last: the run is finished) -> staging swapped into place
 
 Only rank 0 writes files and prints; every rank computes the same split from the same seed.
 """
@@ -11,7 +13,9 @@ Only rank 0 writes files and prints; every rank computes the same split from the
 from __future__ import annotations
 
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,42 +34,51 @@ def default_output_dir(task, config: TrainConfig) -> str:
 
 
 def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train one run end to end and return its directory."""
+    """Train one run end to end and return its directory.
+
+    Every check that bad input can fail (options, data, columns, labels, the model, the features) runs before
+    anything on disk changes; under --overwrite the old run stays as it is until the new one has finished.
+    """
+    from ftune.folders import plan_run_folder
+
     ensure_offline_if_unreachable()  # before transformers/datasets are imported: they read it once
     if not config.output_dir:
         config = config.replace(output_dir=dist.broadcast_object(default_output_dir(task, config)))
-    run = RunDir(Path(config.output_dir))
     task.model_source(config).require()
-    created = not run.path.exists()
-    if dist.is_main_process():
-        run.claim(resume=resume, overwrite=overwrite)
-    dist.wait_for_everyone()
-    try:
-        return _train(task, config, run, resume=resume)
-    except UsageError:
-        # Bad input found before any training: leave no half-made run folder behind.
-        if created and dist.is_main_process() and run.last_checkpoint() is None:
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
-    finally:
-        if dist.is_main_process() and run.path.exists():
-            run.release()
+    plan = plan_run_folder(Path(config.output_dir), resume=resume, overwrite=overwrite) \
+        if dist.is_main_process() else None
+    plan = dist.broadcast_object(plan)
+    prepared = prepare(task, config)
+    if plan.resume and dist.is_main_process():
+        check_resume_matches(plan.workdir, task, config, prepared)
+    return _train_in(plan, task, config, prepared)
 
 
-def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
+@dataclass
+class Prepared:
+    """Everything a run needs before it touches the disk, each part checked."""
+
+    split: Any
+    tokenizer: Any
+    state: dict[str, Any]
+    model: Any
+    train_features: Any
+    eval_features: Any
+    precision: str
+
+
+def prepare(task, config: TrainConfig) -> Prepared:
+    """Data, held-out split, tokenizer, the task's checks and state, model (+ LoRA) and features."""
     from transformers import set_seed
 
     from ftune.data import build_held_out_split
-    from ftune.lora import trainable_summary, wrap_with_lora
+    from ftune.lora import wrap_with_lora
     from ftune.precision import check_4bit_support, resolve_precision
 
-    started = time.time()
     set_seed(config.seed)
     precision = resolve_precision(config.precision)
     if config.load_in_4bit:
         check_4bit_support()
-    main = dist.is_main_process()
-
     source = task.load_source(config, config.data, config.data_config)
     first = source[config.train_split] if config.train_split in source else next(iter(source.values()))
     columns = task.resolve_columns(config, list(first.column_names))
@@ -75,11 +88,8 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
         stratify=task.stratify_by(config, columns))
     tokenizer = task.load_tokenizer(config)
+    task.check_input_length(config, tokenizer)
     state = task.prepare_state(config, split, columns)
-    if main:
-        run.write_config(task.name, config, state, precision)
-        run.write_split(split.record)
-
     model = task.load_model(config, tokenizer, state)
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -90,45 +100,125 @@ def _train(task, config: TrainConfig, run: RunDir, *, resume: bool) -> Path:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.lora:
         model = wrap_with_lora(model, config, task.peft_task_type)
-    train_features = task.features(config, tokenizer, split.train, state, purpose="train")
-    eval_features = task.features(config, tokenizer, split.eval, state, purpose="eval")
+    return Prepared(split=split, tokenizer=tokenizer, state=state, model=model, precision=precision,
+                    train_features=task.features(config, tokenizer, split.train, state, purpose="train"),
+                    eval_features=task.features(config, tokenizer, split.eval, state, purpose="eval"))
 
-    trainer = build_trainer(task, config, state, run.path, model, tokenizer, train_features,
-                            task.model_inputs(eval_features),
-                            task.metrics_function(config, tokenizer, state, split.eval, eval_features), precision)
+
+# Options that do not change what a run learns: a resumed run may differ in them.
+NOT_RESULT_CHANGING = ("output_dir", "logging_steps", "eval_batch_size")
+
+
+def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Prepared) -> None:
+    """Raise UsageError listing what differs between this command and the run it would continue."""
+    import json
+
+    import yaml
+
+    from ftune.rundir import CONFIG_FILE, SPLIT_FILE
+
+    saved_file = workdir / CONFIG_FILE
+    if not saved_file.is_file():
+        return  # the earlier attempt stopped before writing its configuration: nothing to continue
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    info = saved.pop("run", {})
+    now = config.to_dict()
+    differs = [f"{key} (run: {saved.get(key)!r}, now: {now.get(key)!r})" for key in now
+               if key not in NOT_RESULT_CHANGING and saved.get(key) != now.get(key)]
+    if info.get("task") != task.name:
+        differs.insert(0, f"task (run: {info.get('task')}, now: {task.name})")
+    saved_split = json.loads((workdir / SPLIT_FILE).read_text()) if (workdir / SPLIT_FILE).is_file() else {}
+    split = prepared.split.record
+    if any(saved_split.get(k) != split.get(k) for k in ("fingerprint", "indices", "train_rows", "eval_split")):
+        differs.append("data (the held-out rows differ from the run's split.json)")
+    for key, value in prepared.state.items():
+        if info.get("state", {}).get(key) != value:
+            differs.append(f"{key} derived from the data (run: {info.get('state', {}).get(key)!r}, now: {value!r})")
+    if differs:
+        raise UsageError(f"--resume would continue {workdir} with a different command: {'; '.join(differs)}; rerun "
+                         f"with the run's options (its ftune.yaml), or start a new run with another --output-dir")
+
+
+def _train_in(plan, task, config: TrainConfig, prepared: Prepared) -> Path:
+    from ftune.folders import FolderLock, claim, drop_torn_checkpoints, last_complete_checkpoint, swap_into_place
+
+    main = dist.is_main_process()
+    lock = FolderLock(plan.workdir)
+    run = RunDir(plan.workdir)
+    try:
+        if main:
+            claim(plan, lock)
+            if plan.resume:
+                for torn in drop_torn_checkpoints(plan.workdir):
+                    console.note(f"skipping {torn.name}: its save never completed")
+        dist.wait_for_everyone()
+        checkpoint = last_complete_checkpoint(plan.workdir) if plan.resume else None
+        if main and checkpoint is None:
+            run.write_config(task.name, config, prepared.state, prepared.precision)
+            run.write_split(prepared.split.record)
+        _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume)
+        if main:
+            lock.release()
+            if plan.staged:
+                swap_into_place(plan.workdir, plan.target)
+        dist.wait_for_everyone()
+        return plan.target
+    except UsageError:
+        # Bad input found after the folder was claimed: leave no half-made folder of ours behind.
+        if main and plan.created and last_complete_checkpoint(plan.workdir) is None:
+            lock.release()
+            shutil.rmtree(plan.workdir, ignore_errors=True)
+        raise
+    finally:
+        if main:
+            lock.release()
+
+
+def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepared, checkpoint, *,
+           resume: bool) -> None:
+    from ftune.lora import trainable_summary
+    from ftune.trainers import whole_run_train_loss
+
+    started = time.time()
+    main = dist.is_main_process()
+    split, tokenizer, state = prepared.split, prepared.tokenizer, prepared.state
+    trainer = build_trainer(task, config, state, run.path, prepared.model, tokenizer, prepared.train_features,
+                            task.model_inputs(prepared.eval_features),
+                            task.metrics_function(config, tokenizer, state, split.eval, prepared.eval_features),
+                            prepared.precision)
     world = dist.world_size()
     effective = config.batch_size * config.grad_accum * world
     console.info(f"ftune {task.name}: {config.model} on {config.data} — {len(split.train):,} train rows, "
                  f"{len(split.eval):,} held-out rows ({split.record['method']}: {split.record['eval_split']})")
-    console.info(f"{'LoRA' if config.lora else 'full fine-tuning'}: {trainable_summary(model)}; precision "
-                 f"{precision}; effective batch {effective} = {config.batch_size} per device x {world} process(es) "
-                 f"x {config.grad_accum} accumulation; output {run.path}")
-
-    checkpoint = run.last_checkpoint() if resume else None
-    if resume and checkpoint is None:
-        console.info("no checkpoint to resume from yet; starting the run from the beginning")
+    console.info(f"{'LoRA' if config.lora else 'full fine-tuning'}: {trainable_summary(prepared.model)}; precision "
+                 f"{prepared.precision}; effective batch {effective} = {config.batch_size} per device x {world} "
+                 f"process(es) x {config.grad_accum} accumulation; output {target}")
+    if resume:
+        console.info(f"resuming from {checkpoint.name}" if checkpoint else
+                     "no complete checkpoint to resume from yet; starting the run from the beginning")
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     trainer.save_model(str(run.path))
     evaluation = task.evaluate(config, trainer, tokenizer, state, split.eval, split.eval_ids,
-                               features=eval_features)
+                               features=prepared.eval_features)
     if main:
         from ftune.modelcard import model_card
 
         run.write_evaluation(evaluation)
         trainer.save_state()
         train_metrics = dict(train_output.metrics)
+        whole_run = whole_run_train_loss(trainer.state.log_history)
+        if whole_run is not None:  # after a resume, the Trainer's own figure covers the resumed steps only
+            train_metrics["train_loss"] = whole_run
         train_metrics.update({"train_samples": len(split.train), "effective_batch_size": effective,
                               "world_size": world, "wall_seconds": round(time.time() - started, 1)})
-        run.write_model_card(model_card(run.path, task, config, state, split.record, evaluation.metrics))
+        run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics))
         run.remove_checkpoints()
         run.write_train_results(train_metrics)  # last: marks the run finished
     console.info(console.metrics_table(evaluation.metrics, title=f"held-out metrics ({len(split.eval):,} rows)"))
     if evaluation.table:
         console.info(evaluation.table)
-    console.info(f"run saved to {run.path}")
-    dist.wait_for_everyone()
-    return run.path
+    console.info(f"run saved to {target}")
 
 
 def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: Path, model, tokenizer, train_ds,
@@ -178,13 +268,17 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         # by the world size for tasks whose loss is already a mean (transformers issue 35078).
         average_tokens_across_devices=False,
         ddp_find_unused_parameters=False if dist.world_size() > 1 else None,
-        disable_tqdm=not dist.is_main_process(),
+        disable_tqdm=not dist.is_main_process() or not sys.stderr.isatty(),  # bars only for people
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
         torch_compile=config.compile,
         **schedule,
         **precision_arguments(precision),
     )
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=config.early_stopping)] if config.early_stopping else []
+    from ftune.trainers import CheckpointMarker, LogEveryCheckpoint
+
+    callbacks = [CheckpointMarker(), LogEveryCheckpoint()]
+    if config.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     pad_multiple = 8 if on_gpu and precision in ("bf16", "fp16") else None  # tensor-core friendly shapes
     return task.trainer_class()(
         model=model,

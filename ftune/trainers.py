@@ -1,5 +1,6 @@
-"""The Trainer every ftune task runs — transformers' own, with held-out rows scored in their original order —
-and the inference Trainer that `ftune eval` and `ftune predict` score with.
+"""The Trainer every ftune task runs — transformers' own, with held-out rows scored in their original order and
+a stop at the first non-finite loss — its callbacks, and the inference Trainer that `ftune eval` and
+`ftune predict` score with.
 
 transformers 5 applies `train_sampling_strategy="group_by_length"` to evaluation batches too. ftune groups
 training batches by length (faster), but pairs each prediction with its row (ids, QA windows, references)
@@ -8,22 +9,77 @@ by position, so evaluation must keep the rows in order. Every task's Trainer cla
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
+import torch
 from torch.utils.data import SequentialSampler
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ftune.errors import RunFailed
 
 
 class FtuneTrainer(Trainer):
-    """Trainer with in-order evaluation."""
+    """Trainer with in-order evaluation that stops at the first non-finite training loss."""
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
             return None  # as the base Trainer: with several ranks accelerate shards the rows in order
         return SequentialSampler(eval_dataset)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            # The weights are already being pushed where no later step recovers from: stop now, keep checkpoints.
+            step = self.state.global_step + 1
+            precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
+            raise RunFailed(f"the training loss is {loss.float().mean().item()} at step {step} (learning rate "
+                            f"{self.args.learning_rate:g}, {precision}); lower --lr"
+                            f"{' or train in --precision fp32' if precision != 'fp32' else ''}; the run's "
+                            "complete checkpoints are kept")
+        return loss
 
-def inference_trainer(task, config, state, model, tokenizer, *, precision: str, batch_size: Optional[int], scratch: str):
+
+class CheckpointMarker(TrainerCallback):
+    """Marks each checkpoint complete once the Trainer has written all of it (see ftune.folders)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from ftune.folders import mark_complete
+
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                mark_complete(checkpoint)
+        return control
+
+
+class LogEveryCheckpoint(TrainerCallback):
+    """Logs the training loss at every evaluation, checkpoint and the last step, so the log history covers every
+    step and the whole run's training loss can be computed from it, across resumes (`whole_run_train_loss`)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_evaluate or control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_evaluate or control.should_save:
+            control.should_log = True
+        return control
+
+
+def whole_run_train_loss(log_history: list[dict]) -> Optional[float]:
+    """The mean training loss over every step of the run: each logged loss weighs the steps since the last."""
+    total, previous = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - previous)
+            previous = entry["step"]
+    return total / previous if previous else None
+
+
+def inference_trainer(task, config, state, model, tokenizer, *, precision: str, batch_size: Optional[int],
+                      scratch: str):
     """The task's Trainer, used only to predict: the batching, precision and collation of training."""
     import torch
 

@@ -261,3 +261,32 @@ def test_finished_run_is_not_overwritten(full_run, tiny_bert, sentiment_file, ft
     assert refused.exit_code == 2
     assert "finished run" in refused.stderr and "--overwrite" in refused.stderr
     assert (full_run / "eval_results.json").read_text() == before
+
+
+def test_labels_that_mean_the_same_class_are_one_class(tiny_bert, ftune, tmp_path):
+    """1 and 1.0 in one numeric column (a CSV reads both as floats; JSON keeps both) are the class "1"."""
+    rows = [{"text": f"good dog {i}" if i % 2 else f"bad cat {i}", "label": [1, 1.0, 2, 2.0][i % 4]}
+            for i in range(40)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    result = ftune("classify", "--model", tiny_bert, "--data", data, "--output-dir", tmp_path / "run", "--max-steps",
+                   "1", "--batch-size", "8")
+    assert result.exit_code == 0, result
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "run" / "ftune.yaml").read_text())["run"]["state"]["labels"] == ["1", "2"]
+    references = {p["reference"] for p in read_jsonl(tmp_path / "run" / "eval_predictions.jsonl")}
+    assert references <= {"1", "2"}
+
+
+def test_eval_on_other_data_never_replaces_the_recorded_results(full_run, ftune, tmp_path):
+    recorded = {name: (full_run / name).read_bytes() for name in ("eval_results.json", "eval_predictions.jsonl")}
+    other = write_jsonl(tmp_path / "news.jsonl", sentiment_rows(6, seed=3))
+    result = ftune("eval", full_run, "--data", other)
+    assert result.exit_code == 0, result
+    folder = full_run / "evals" / "news-train"
+    assert f"wrote {folder / 'eval_results.json'}" in result.stdout
+    assert read_json(folder / "eval_results.json")["eval_samples"] == 6
+    assert [p["id"] for p in read_jsonl(folder / "eval_predictions.jsonl")] == [f"r{i}" for i in range(6)]
+    assert {name: (full_run / name).read_bytes() for name in recorded} == recorded
+    again = ftune("eval", full_run, "--data", other)  # an earlier result folder of ftune's is rewritten
+    assert again.exit_code == 0, again

@@ -344,7 +344,7 @@ def test_gguf_lora_run_reloads_from_the_file(ftune, tiny_gguf, lm_data, tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--data", "blank"), "has no text"),
+    (("--data", "blank"), "has no rows"),
     (("--data", "text", "--block-size", "512"), "above the model's context of 256"),
     (("--data", "pairs", "--prompt-column", "prompt"), "--prompt-column needs --completion-column"),
     (("--data", "pairs", "--completion-column", "completion"), "--completion-column needs --prompt-column"),

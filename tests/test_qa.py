@@ -26,7 +26,8 @@ def qa_rows(n: int, seed: int, *, unanswerable_every: int = 0) -> list[dict]:
             return " ".join(rng.choice(FILLER) for _ in range(k))
 
         country = rng.choice(list(CAPITALS))
-        context = f"{fill(rng.randint(2, 30))}. the capital of {country} is {CAPITALS[country]}. {fill(rng.randint(2, 30))}."
+        context = (f"{fill(rng.randint(2, 30))}. the capital of {country} is {CAPITALS[country]}. "
+                   f"{fill(rng.randint(2, 30))}.")
         asked = country
         if unanswerable_every and i % unanswerable_every == unanswerable_every - 1:
             asked = rng.choice([c for c in CAPITALS if c != country])
@@ -81,7 +82,8 @@ def _load(task, data):
 
 def _state(task, ds, config=None):
     columns = task.resolve_columns(config or _columns_config(), ds.column_names)
-    return task.prepare_state(None, SimpleNamespace(train=ds, eval=ds, eval_ids=None, train_ids=None), columns)
+    split = SimpleNamespace(train=ds, eval=ds, eval_ids=None, train_names=None, eval_names=None)
+    return task.prepare_state(None, split, columns)
 
 
 def _columns_config(**given):

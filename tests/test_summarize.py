@@ -165,7 +165,7 @@ def test_source_prefix_can_be_set_or_emptied(tiny_t5, tiny_bart, docs_file):
     from ftune.tasks.summarize import TASK
 
     rows = datasets.Dataset.from_list(summary_rows(2))
-    split = SimpleNamespace(train=rows, eval=rows, eval_ids=None, train_ids=None)
+    split = SimpleNamespace(train=rows, eval=rows, eval_ids=None, train_names=None, eval_names=None)
     for model, given, expected in ((tiny_t5, "", ""), (tiny_bart, "summarize: ", "summarize: "),
                                    (tiny_bart, "auto", "")):
         flags = {"data": str(docs_file), "model": str(model), "source_prefix": given}

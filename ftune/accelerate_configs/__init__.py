@@ -38,9 +38,20 @@ def config_problem(name_or_file: str) -> Optional[str]:
         return f"--accelerate-config {path} is not valid YAML ({' '.join(str(exc).split())[:120]})"
     if not isinstance(data, dict) or any(key not in data for key in REQUIRED_KEYS):
         return f"--accelerate-config {path} is not an accelerate config (needs {', '.join(REQUIRED_KEYS)})"
-    if data.get("distributed_type") == "DEEPSPEED" and not _has("deepspeed"):
+    kind = data.get("distributed_type")
+    if kind in ("FSDP", "DEEPSPEED") and not _gpus():
+        name = "FSDP" if kind == "FSDP" else "DeepSpeed"
+        return (f"--accelerate-config {name_or_file} shards the model over GPUs ({name}) and this machine has none; "
+                "on CPU use --accelerate-config ddp or --num-processes N")
+    if kind == "DEEPSPEED" and not _has("deepspeed"):
         return "--accelerate-config uses DeepSpeed, which is not installed: pip install 'ftune[deepspeed]'"
     return None
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _has(module: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from ftune import console
-from ftune.errors import UsageError
+from ftune.errors import RunFailed, UsageError
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.")]
 RunArg = Annotated[Path, typer.Argument(help="A run directory written by an ftune training command.")]
@@ -45,7 +45,7 @@ def guarded(command):
 
 def report(exc: BaseException) -> int:
     """Print the one line for `exc` and return the exit code."""
-    if isinstance(exc, UsageError):
+    if isinstance(exc, (UsageError, RunFailed)):
         console.error(str(exc))
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
@@ -65,6 +65,12 @@ def set_debug(debug: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Loading-weights and download bars: ftune says what it loads itself.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import sys
     import warnings
 
     warnings.filterwarnings("ignore")
+    if "transformers" in sys.modules:  # already imported (e.g. in a test process): tell it directly
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
+        sys.modules["transformers"].utils.logging.disable_progress_bar()

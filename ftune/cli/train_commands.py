@@ -72,7 +72,7 @@ def make_train_command(task):
         layers.append(("flags", flags))
         layers.append(("--set", parse_set_options(control["set_"] or [])))
         if control["resume"]:
-            layers = _saved_config_layer(layers) + layers
+            layers = _saved_config_layer(layers, control["overwrite"]) + layers
         config = resolve_config(task.options_class, layers=layers)
         from ftune.launch import maybe_relaunch
 
@@ -90,14 +90,20 @@ def make_train_command(task):
     return command
 
 
-def _saved_config_layer(layers: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """On --resume the run's own ftune.yaml is the lowest layer, so the resumed run keeps its settings."""
+def _saved_config_layer(layers: list[tuple[str, dict]], overwrite: bool) -> list[tuple[str, dict]]:
+    """On --resume the run's own ftune.yaml is the lowest layer, so the resumed run keeps its settings (with
+    --overwrite: the interrupted replacement's, in its staging folder)."""
+    from ftune.folders import staging_path
+
     output_dir = None
     for _, layer in layers:
         for key in ("output_dir", "output-dir"):
             if layer.get(key):
                 output_dir = layer[key]
-    saved = Path(output_dir) / "ftune.yaml" if output_dir else None
-    if saved is None or not saved.is_file():
+    if not output_dir:
+        return []
+    folder = staging_path(Path(output_dir)) if overwrite else Path(output_dir)
+    saved = folder / "ftune.yaml"
+    if not saved.is_file():
         return []
     return [(str(saved), read_yaml_layer(saved))]

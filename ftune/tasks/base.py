@@ -122,6 +122,19 @@ class Task:
     def load_tokenizer(self, config: TrainConfig):
         return self.model_source(config).load_tokenizer()
 
+    def check_input_length(self, config: TrainConfig, tokenizer) -> None:
+        """Raise UsageError when --max-length is above what the model's positions take (tasks that fit their
+        inputs to the model themselves, lm and seq2seq, override this)."""
+        model_config = self.model_source(config).load_config()
+        limits = [v for k in ("max_position_embeddings", "n_positions")
+                  if isinstance(v := getattr(model_config, k, None), int) and v > 0]
+        tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+        if limits and isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
+            limits.append(tokenizer_limit)  # e.g. RoBERTa: 514 positions, 512 usable
+        if limits and config.max_length > min(limits):
+            raise UsageError(f"--max-length {config.max_length} is above the {min(limits)} tokens {config.model} "
+                             f"takes; pass --max-length {min(limits)} or less")
+
     def load_model(self, config: TrainConfig, tokenizer, state: dict[str, Any]):
         from ftune.precision import quantization_kwargs
 

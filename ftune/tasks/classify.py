@@ -61,8 +61,8 @@ class ClassifyTask(Task):
 
     def prepare_state(self, config, split, columns):
         used = [c for c in columns.values() if c]
-        check_no_missing(split.train, used, "the training split", ids=split.train_ids)
-        check_no_missing(split.eval, used, "the held-out split", ids=split.eval_ids)
+        check_no_missing(split.train, used, "the training split", ids=split.train_names)
+        check_no_missing(split.eval, used, "the held-out split", ids=split.eval_names)
         label = columns["label"]
         labels = class_names(distinct_values(split.train, label), split.train.features[label], column=label)
         if len(labels) < 2:

@@ -109,8 +109,8 @@ class LMTask(Task):
                              f"pass --block-size {context} or less")
         if mode == "chat":
             require_chat_template(self.load_tokenizer(config))  # now, not after a slow model load
-        for name, ds, ids in (("the training split", split.train, split.train_ids),
-                              ("the held-out split", split.eval, split.eval_ids)):
+        for name, ds, ids in (("the training split", split.train, split.train_names),
+                              ("the held-out split", split.eval, split.eval_names)):
             if mode == "text" and not any(has_text(t) for t in ds[columns["text"]]):
                 raise UsageError(f"{name} has no text in column '{columns['text']}'; give rows with text")
             if mode == "completion":
@@ -121,6 +121,9 @@ class LMTask(Task):
                 "block_size": block_size or min(context, 1024), "max_length": min(config.max_length, context)}
 
     # ---- model ------------------------------------------------------------------------------------
+    def check_input_length(self, config, tokenizer):
+        """Inputs are fitted to the model's context in prepare_state (blocks and --max-length capped at it)."""
+
     def model_source(self, config):
         from ftune.models import ModelSource
 

@@ -75,8 +75,8 @@ class QATask(Task):
 
     def prepare_state(self, config, split, columns):
         version_2 = False
-        for where, ds, ids in (("the training split", split.train, split.train_ids),
-                               ("the held-out split", split.eval, split.eval_ids)):
+        for where, ds, ids in (("the training split", split.train, split.train_names),
+                               ("the held-out split", split.eval, split.eval_names)):
             version_2 |= any(not texts for texts, _ in check_rows(ds, columns, where, ids))
         return {"columns": columns, "version_2": version_2}
 

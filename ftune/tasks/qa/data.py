@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import SPLIT_ALIASES, check_no_missing
+from ftune.data import SPLIT_ALIASES, check_no_missing, describe_rows
 from ftune.errors import UsageError
 
 
@@ -58,7 +58,7 @@ def check_rows(ds, columns: dict[str, Optional[str]], where: str,
         try:
             answers.append(row_answers(*values))
         except ValueError as exc:
-            bad.append(f"row {ids[i] if ids is not None else i}: {exc}")
+            bad.append(f"{describe_rows([i], ids).removesuffix(' ...')}: {exc}")
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise UsageError(f"{len(bad)} row(s) of {where} have answers that do not match their context — "

@@ -72,6 +72,9 @@ class Seq2SeqTask(Task):
         """What the subclass adds to the run's state (e.g. language codes)."""
         return {}
 
+    def check_input_length(self, config, tokenizer):
+        """Sources longer than the encoder takes are cut at its limit, with a note (prepare_state)."""
+
     # ---- data -------------------------------------------------------------------------------------
     def resolve_columns(self, config, columns):
         opts = config.task_options
@@ -87,8 +90,8 @@ class Seq2SeqTask(Task):
 
     def prepare_state(self, config, split, columns):
         model_type, limit = seq2seq_model_info(self, self.model_source(config))
-        check_no_missing(split.train, list(columns.values()), "the training split", ids=split.train_ids)
-        check_no_missing(split.eval, list(columns.values()), "the held-out split", ids=split.eval_ids)
+        check_no_missing(split.train, list(columns.values()), "the training split", ids=split.train_names)
+        check_no_missing(split.eval, list(columns.values()), "the held-out split", ids=split.eval_names)
         prefix = config.task_options.source_prefix
         if prefix == "auto":
             prefix = self.auto_prefix(config, model_type)
