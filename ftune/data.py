@@ -252,10 +252,15 @@ def row_names(source, split: str, rows, positions: list[int]) -> RowNames:
     """RowNames for `rows`, taken at `positions` of `source[split]`."""
     id_column = next((name for name in ID_COLUMNS if name in rows.column_names), None)
     files = getattr(source, "source_files", {}).get(split, [])
-    names = RowNames(positions=list(positions), id_values=list(rows[id_column]) if id_column else None,
+    names = RowNames(positions=list(positions), id_values=column_list(rows, id_column) if id_column else None,
                      file=files[0] if len(files) == 1 else None)
     names._source_rows = len(source[split])
     return names
+
+
+def column_list(ds, column: str) -> list[Any]:
+    """A column's values as a Python list, read column-wise (datasets' own `ds[column]` iterates row by row)."""
+    return ds.with_format("arrow")[column].to_pylist()
 
 
 def row_ids(rows, positions: Iterable[int]) -> list[Any]:
@@ -263,7 +268,7 @@ def row_ids(rows, positions: Iterable[int]) -> list[Any]:
     else the row's 0-based index in its source split (`positions`, as recorded in split.json)."""
     for name in ID_COLUMNS:
         if name in rows.column_names:
-            return list(rows[name])
+            return column_list(rows, name)
     return list(positions)
 
 
@@ -358,9 +363,11 @@ def carve_indices(n: int, fraction: float, seed: int, labels: Optional[list] = N
 def fingerprint(ds) -> str:
     """SHA-256 over the rows' JSON, so a changed data file is noticed before it is scored as the same split."""
     digest = hashlib.sha256()
-    for row in ds:
-        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
-        digest.update(b"\n")
+    for batch in ds.iter(batch_size=4096):  # read in batches: row-by-row access is slow on large splits
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            digest.update(json.dumps(dict(zip(columns, values)), sort_keys=True, default=str).encode())
+            digest.update(b"\n")
     return digest.hexdigest()
 
 

@@ -61,8 +61,10 @@ def check_no_clash(names: list[str], column: str) -> None:
 
 def row_labels(ds, column: str) -> list[str]:
     """Each row's label name (ClassLabel ids turned into their names)."""
+    from ftune.data import column_list
+
     names = feature_names(ds.features[column])
-    values = ds[column]
+    values = column_list(ds, column)
     if names is not None:
         return [names[v] for v in values]
     return [label_name(v) for v in values]

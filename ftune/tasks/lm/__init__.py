@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, pick_column
+from ftune.data import check_no_missing, column_list, pick_column
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores, Task
 from ftune.tasks.lm.encoding import (data_mode, document_chunks, encode_chat, encode_completion, has_text,
@@ -111,7 +111,7 @@ class LMTask(Task):
             require_chat_template(self.load_tokenizer(config))  # now, not after a slow model load
         for name, ds, ids in (("the training split", split.train, split.train_names),
                               ("the held-out split", split.eval, split.eval_names)):
-            if mode == "text" and not any(has_text(t) for t in ds[columns["text"]]):
+            if mode == "text" and not any(has_text(t) for t in column_list(ds, columns["text"])):
                 raise UsageError(f"{name} has no text in column '{columns['text']}'; give rows with text")
             if mode == "completion":
                 check_no_missing(ds, [columns["completion"]], name, ids=ids)
@@ -139,7 +139,7 @@ class LMTask(Task):
     def features(self, config, tokenizer, rows, state, *, purpose):
         columns, mode = state["columns"], state["mode"]
         if mode == "text":
-            texts = rows[columns["text"]]
+            texts = column_list(rows, columns["text"])
             if purpose == "train":
                 return pack_blocks(tokenizer, texts, state["block_size"])
             return document_chunks(tokenizer, texts, state["block_size"])
@@ -180,7 +180,7 @@ class LMTask(Task):
     def decode(self, config, tokenizer, state, rows, features, predictions):
         """Each row's (loss sum, token count); a document cut into several blocks sums its blocks."""
         sums = [(0.0, 0)] * len(rows)
-        owners = features["row"] if "row" in features.column_names else range(len(rows))
+        owners = column_list(features, "row") if "row" in features.column_names else range(len(rows))
         for owner, (loss, count) in zip(owners, predictions.tolist()):
             total, tokens = sums[owner]
             sums[owner] = (total + loss, tokens + int(count))
@@ -189,7 +189,7 @@ class LMTask(Task):
 
     def references(self, config, state, rows):
         if state["mode"] == "completion":
-            return list(rows[state["columns"]["completion"]])
+            return column_list(rows, state["columns"]["completion"])
         return [None] * len(rows)
 
     def metrics(self, config, state, outputs, references, features):

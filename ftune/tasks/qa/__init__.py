@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import pick_column
+from ftune.data import column_list, pick_column
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, Scores, Task
 from ftune.tasks.qa.data import check_rows, column_values, load_nested_squad, row_answers
@@ -135,8 +135,9 @@ class QATask(Task):
         settings = SpanSettings(n_best=opts.n_best, max_answer_length=opts.max_answer_length,
                                 null_threshold=opts.null_threshold, version_2=state["version_2"])
         _, context_key = _input_keys(state["columns"], rows.column_names)
-        answers = best_answers(rows[context_key], features["example_index"], features["offset_mapping"],
-                               features["cls_index"], predictions[0], predictions[1], settings)
+        info = {c: column_list(features, c) for c in ("example_index", "offset_mapping", "cls_index")}
+        answers = best_answers(column_list(rows, context_key), info["example_index"], info["offset_mapping"],
+                               info["cls_index"], predictions[0], predictions[1], settings)
         return [{"prediction": a["text"], "score": a["score"], "start": a["start"], "end": a["end"]}
                 for a in answers]
 
@@ -144,7 +145,7 @@ class QATask(Task):
         columns = state["columns"]
         return [row_answers(*values)[0] for values in zip(column_values(rows, columns["answers"]),
                                                           column_values(rows, columns["answer_start"]),
-                                                          rows[columns["context"]])]
+                                                          column_list(rows, columns["context"]))]
 
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric

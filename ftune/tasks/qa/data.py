@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import SPLIT_ALIASES, check_no_missing, describe_rows
+from ftune.data import SPLIT_ALIASES, check_no_missing, column_list, describe_rows
 from ftune.errors import UsageError
 
 
@@ -54,7 +54,7 @@ def check_rows(ds, columns: dict[str, Optional[str]], where: str,
     check_no_missing(ds, [columns["question"], columns["context"]], where, ids=ids)
     answers, bad = [], []
     for i, values in enumerate(zip(column_values(ds, columns["answers"]), column_values(ds, columns["answer_start"]),
-                                   ds[columns["context"]])):
+                                   column_list(ds, columns["context"]))):
         try:
             answers.append(row_answers(*values))
         except ValueError as exc:
@@ -123,7 +123,7 @@ def column_values(batch, name: Optional[str]) -> list:
     if name is None:
         size = len(batch) if hasattr(batch, "column_names") else len(next(iter(batch.values())))
         return [None] * size
-    return list(batch[name])
+    return column_list(batch, name) if hasattr(batch, "column_names") else list(batch[name])
 
 
 def _short(text: str, limit: int = 40) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from ftune import console
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, pick_column
+from ftune.data import check_no_missing, column_list, pick_column
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
 
@@ -127,11 +127,11 @@ class Seq2SeqTask(Task):
 
         features = rows.map(encode, batched=True, remove_columns=rows.column_names, desc="tokenizing")
         announce = {"train": "training", "eval": "held-out"}.get(purpose, "input")
-        cut = sum(features["source_cut"])
+        cut = sum(column_list(features, "source_cut"))
         if cut:
             console.note(f"{cut} of {len(features)} {announce} {self.source_role}s are longer than {max_source} "
                          "tokens (--max-length) and were truncated")
-        cut = sum(features["target_cut"]) if "target_cut" in features.column_names else 0
+        cut = sum(column_list(features, "target_cut")) if "target_cut" in features.column_names else 0
         if cut:
             console.note(f"{cut} of {len(features)} {announce} {self.target_role}s are longer than {max_target} "
                          "tokens (--max-target-length) and were truncated")
@@ -164,7 +164,7 @@ class Seq2SeqTask(Task):
         return [{"prediction": text, "generated_tokens": n} for text, n in zip(texts, counts)]
 
     def references(self, config, state, rows):
-        return [as_text(v) for v in rows[state["columns"]["target"]]]
+        return [as_text(v) for v in column_list(rows, state["columns"]["target"])]
 
     # ---- inference --------------------------------------------------------------------------------
     def inputs_from_options(self, config, state, options):
