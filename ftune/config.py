@@ -67,6 +67,8 @@ class TrainConfig:
     max_train_samples: Optional[int] = option(None, "Use only the first N training rows.", panel="Data", min=1)
     max_eval_samples: Optional[int] = option(None, "Use only the first N held-out rows.", panel="Data", min=1)
     max_length: int = option(128, "Longest input in tokens; longer inputs are truncated.", panel="Data", min=8)
+    preprocessing_workers: int = option(1, "Processes that tokenise the data (large data only; the result is cached "
+                                           "for reruns on the same data and options).", panel="Data", min=1)
     output_dir: Optional[str] = option(None, "Run directory (default: runs/<task>-<model>-<time>).",
                                        panel="Output", short="-o")
 

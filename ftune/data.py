@@ -258,6 +258,16 @@ def row_names(source, split: str, rows, positions: list[int]) -> RowNames:
     return names
 
 
+def tokenize_rows(rows, encode: Callable, config, *, desc: str, **kwargs):
+    """`rows.map(encode, batched=True)` dropping the raw columns, on `--preprocessing-workers` processes for large
+    data. datasets caches the result under the rows' fingerprint and a hash of `encode` (with the values it
+    holds: keep them to the tokenizer and the options that shape the features), so a rerun on the same data,
+    tokenizer and options reads the features back instead of tokenising again."""
+    workers = getattr(config, "preprocessing_workers", 1) or 1
+    num_proc = workers if workers > 1 and len(rows) >= 1000 * workers else None
+    return rows.map(encode, batched=True, remove_columns=rows.column_names, desc=desc, num_proc=num_proc, **kwargs)
+
+
 def column_list(ds, column: str) -> list[Any]:
     """A column's values as a Python list, read column-wise (datasets' own `ds[column]` iterates row by row)."""
     return ds.with_format("arrow")[column].to_pylist()

@@ -182,9 +182,10 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     started = time.time()
     main = dist.is_main_process()
     split, tokenizer, state = prepared.split, prepared.tokenizer, prepared.state
+    eval_inputs, eval_order = task.scoring_inputs(prepared.eval_features)
     trainer = build_trainer(task, config, state, run.path, prepared.model, tokenizer, prepared.train_features,
-                            task.model_inputs(prepared.eval_features),
-                            task.metrics_function(config, tokenizer, state, split.eval, prepared.eval_features),
+                            eval_inputs, task.metrics_function(config, tokenizer, state, split.eval,
+                                                               prepared.eval_features, eval_order),
                             prepared.precision)
     world = dist.world_size()
     effective = config.batch_size * config.grad_accum * world

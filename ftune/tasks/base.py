@@ -181,12 +181,22 @@ class Task:
         raise NotImplementedError
 
     # ---- the one evaluate path --------------------------------------------------------------------
-    def metrics_function(self, config: TrainConfig, tokenizer, state: dict[str, Any], rows, features):
-        """The Trainer's compute_metrics for the evaluations during training, bound to the held-out rows."""
+    def scoring_inputs(self, features):
+        """The model inputs of `features` longest first, so that each batch holds rows of like length (little
+        padding), and the order that restores the rows (`restore_order`)."""
+        inputs = self.model_inputs(features)
+        order = length_order(inputs)
+        return inputs.select(order), order
+
+    def metrics_function(self, config: TrainConfig, tokenizer, state: dict[str, Any], rows, features,
+                         order: list[int]):
+        """The Trainer's compute_metrics for the evaluations during training, bound to the held-out rows; the
+        Trainer scores `scoring_inputs(features)`, whose `order` is undone before decoding."""
         references = self.references(config, state, rows)
 
         def compute(eval_pred) -> dict[str, float]:
-            outputs = self.decode(config, tokenizer, state, rows, features, eval_pred.predictions)
+            predictions = restore_order(eval_pred.predictions, order)
+            outputs = self.decode(config, tokenizer, state, rows, features, predictions)
             scores = self.metrics(config, state, outputs, references, features).metrics
             return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
 
@@ -198,8 +208,9 @@ class Task:
         the rows' eval features when already made."""
         if features is None:
             features = self.features(config, tokenizer, rows, state, purpose="eval")
-        output = trainer.predict(self.model_inputs(features), metric_key_prefix="eval")
-        outputs = self.decode(config, tokenizer, state, rows, features, output.predictions)
+        inputs, order = self.scoring_inputs(features)
+        output = trainer.predict(inputs, metric_key_prefix="eval")
+        outputs = self.decode(config, tokenizer, state, rows, features, restore_order(output.predictions, order))
         references = self.references(config, state, rows)
         scores = self.metrics(config, state, outputs, references, features)
         metrics = {f"eval_{k}": v for k, v in scores.metrics.items()}
@@ -229,8 +240,9 @@ class Task:
         self.check_inputs(config, state, inputs, names)
         rows = datasets.Dataset.from_list(inputs)
         features = self.features(config, tokenizer, rows, state, purpose="predict")
-        output = trainer.predict(self.model_inputs(features), metric_key_prefix="predict")
-        outputs = self.decode(config, tokenizer, state, rows, features, output.predictions)
+        model_inputs, order = self.scoring_inputs(features)
+        output = trainer.predict(model_inputs, metric_key_prefix="predict")
+        outputs = self.decode(config, tokenizer, state, rows, features, restore_order(output.predictions, order))
         return [{**row, **self.prediction_fields(out)} for row, out in zip(inputs, outputs)]
 
     def prediction_fields(self, output: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +257,28 @@ class Task:
         return (f"from {module} import {cls}\nfrom transformers import AutoTokenizer\n\n"
                 f"model = {cls}.from_pretrained(\"{run_path}\")\n"
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")")
+
+
+def length_order(inputs) -> list[int]:
+    """Row positions, longest input first (stable among equal lengths), from the Arrow column of input ids."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(inputs.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+    return np.argsort(-lengths, kind="stable").tolist()
+
+
+def restore_order(predictions, order: list[int]):
+    """Predictions made in `order` (rows sorted by length) put back in the rows' own order; tuples too."""
+    import numpy as np
+
+    if isinstance(predictions, (tuple, list)):
+        return type(predictions)(restore_order(p, order) for p in predictions)
+    if predictions is None:
+        return None
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    return np.asarray(predictions)[inverse]
 
 
 def first_array(predictions):

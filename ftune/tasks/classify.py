@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, pick_column
+from ftune.data import check_no_missing, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, Scores, Task, first_array, softmax
-from ftune.tasks.labels import check_known, class_names, distinct_values, label_config, row_labels
+from ftune.tasks.labels import (check_known, class_names, distinct_values, feature_names, label_config, label_name,
+                                row_labels)
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "review", "content", "document")
 PAIR_OF = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "question": "sentence"}
@@ -86,20 +87,21 @@ class ClassifyTask(Task):
 
     # ---- features ---------------------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
-        columns = state["columns"]
+        columns, max_length = state["columns"], config.max_length
         label_ids = {name: i for i, name in enumerate(state["labels"])}
         labelled = purpose != "predict" and columns["label"] in rows.column_names
-        names = row_labels(rows, columns["label"]) if labelled else None
+        class_label = feature_names(rows.features[columns["label"]]) if labelled else None
 
-        def encode(batch, indices):
+        def encode(batch):
             pair = batch[columns["text_pair"]] if columns["text_pair"] else None
-            features = tokenizer(batch[columns["text"]], pair, truncation=True, max_length=config.max_length)
-            if names is not None:
-                features["labels"] = [label_ids[names[i]] for i in indices]
+            features = tokenizer(batch[columns["text"]], pair, truncation=True, max_length=max_length)
+            if labelled:
+                values = batch[columns["label"]]
+                names = [class_label[v] for v in values] if class_label else [label_name(v) for v in values]
+                features["labels"] = [label_ids[name] for name in names]
             return features
 
-        return rows.map(encode, batched=True, with_indices=True, remove_columns=rows.column_names,
-                        desc="tokenizing")
+        return tokenize_rows(rows, encode, config, desc="tokenizing")
 
     # ---- scoring ----------------------------------------------------------------------------------
     def decode(self, config, tokenizer, state, rows, features, predictions):

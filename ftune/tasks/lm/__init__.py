@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, column_list, pick_column
+from ftune.data import check_no_missing, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores, Task
 from ftune.tasks.lm.encoding import (data_mode, document_chunks, encode_chat, encode_completion, has_text,
@@ -41,6 +41,8 @@ class LMOptions(TaskOptions):
     block_size: Optional[int] = option(None, "Tokens per packed block (default: the model's context, capped "
                                              "at 1024).", panel="Data", min=8)
     gguf_file: Optional[str] = option(None, "GGUF file inside the --model folder.", panel="Model")
+    packing: bool = option(True, "Prompt/completion and chat data: train on padding-free rows of several examples "
+                                 "that do not attend to each other (where the model supports it); --no-packing pads.")
 
     defaults = {"model": "gpt2", "max_length": 1024}
 
@@ -156,7 +158,7 @@ class LMTask(Task):
                 pairs = [encode_chat(tokenizer, list(m), state["max_length"]) for m in batch[columns["messages"]]]
                 return {"input_ids": [ids for ids, _ in pairs], "labels": [labels for _, labels in pairs],
                         "attention_mask": [[1] * len(ids) for ids, _ in pairs]}
-        return rows.map(encode, batched=True, remove_columns=rows.column_names, desc="tokenizing")
+        return tokenize_rows(rows, encode, config, desc="tokenizing")
 
     def model_inputs(self, features):
         return features.remove_columns("row") if "row" in features.column_names else features
@@ -175,6 +177,10 @@ class LMTask(Task):
         from ftune.tasks.lm.trainer import TokenLossTrainer
 
         return TokenLossTrainer
+
+    def trainer_kwargs(self, config, state):
+        # Plain text is already packed into full blocks; the other shapes pack at batch time.
+        return {"packing": bool(state) and config.task_options.packing and state.get("mode") != "text"}
 
     # ---- scoring ----------------------------------------------------------------------------------
     def decode(self, config, tokenizer, state, rows, features, predictions):

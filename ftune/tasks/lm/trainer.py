@@ -18,7 +18,41 @@ IGNORE = -100
 
 class TokenLossTrainer(FtuneTrainer):
     """Predictions are (sum of token losses, token count) rows; the loss is left to the task's metrics so
-    that eval_loss is the mean over all held-out tokens, not a mean of per-batch means."""
+    that eval_loss is the mean over all held-out tokens, not a mean of per-batch means.
+
+    With `packing`, training batches are padding-free packed rows (ftune.tasks.lm.packing) when the model keeps
+    packed examples apart; evaluation keeps its padded batches, one row per example, for per-row losses."""
+
+    def __init__(self, *args, packing: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packing = packing
+        self._packing_collator = None
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
+                        dataloader_key=None):
+        if not (is_training and self._packs()):
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        padded, self.data_collator = self.data_collator, self._packing_collator
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        finally:
+            self.data_collator = padded
+
+    def _packs(self) -> bool:
+        """Whether training batches are packed: asked for, and the model keeps packed examples apart (checked once,
+        when training starts)."""
+        if self.packing and self._packing_collator is None:
+            from ftune import console
+            from ftune.tasks.lm.packing import keeps_examples_apart, packing_collator
+
+            if keeps_examples_apart(self.model):
+                self._packing_collator = packing_collator(self.model)
+                console.info("packing: each training batch is one padding-free row of its examples")
+            else:
+                self.packing = False
+                console.note(f"{type(self.model).__name__} does not keep packed examples apart (restarted position "
+                             "ids); training on padded batches")
+        return self._packing_collator is not None
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import column_list, pick_column
+from ftune.data import column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, Scores, Task
 from ftune.tasks.qa.data import check_rows, column_values, load_nested_squad, row_answers
@@ -98,7 +98,7 @@ class QATask(Task):
         positions."""
         from ftune.tasks.qa.windows import encode_windows
 
-        columns, opts = state["columns"], config.task_options
+        columns, max_length, doc_stride = state["columns"], config.max_length, config.task_options.doc_stride
         question_key, context_key = _input_keys(columns, rows.column_names)
 
         def encode(batch, indices):
@@ -111,7 +111,7 @@ class QATask(Task):
                 # The model learns the first gold answer; none (SQuAD v2) points at CLS.
                 spans = [(a[1][0], a[1][0] + len(a[0][0])) if a[0] else None for a in answers]
             windows = encode_windows(tokenizer, [str(q) for q in batch[question_key]], contexts,
-                                     max_length=config.max_length, doc_stride=opts.doc_stride, answer_spans=spans)
+                                     max_length=max_length, doc_stride=doc_stride, answer_spans=spans)
             if purpose == "train":
                 for key in ("example_index", "cls_index", "offset_mapping"):
                     windows.pop(key)
@@ -119,8 +119,7 @@ class QATask(Task):
             windows["example_index"] = [indices[i] for i in windows["example_index"]]
             return windows
 
-        return rows.map(encode, batched=True, with_indices=True, remove_columns=rows.column_names,
-                        desc="cutting contexts into windows")
+        return tokenize_rows(rows, encode, config, desc="cutting contexts into windows", with_indices=True)
 
     def model_inputs(self, features):
         from ftune.tasks.qa.windows import WINDOW_INFO_COLUMNS

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from ftune import console
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, column_list, pick_column
+from ftune.data import check_no_missing, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
 
@@ -125,7 +125,7 @@ class Seq2SeqTask(Task):
                 features["target_cut"] = [len(ids) > max_target for ids in tokenizer(text_target=targets)["input_ids"]]
             return features
 
-        features = rows.map(encode, batched=True, remove_columns=rows.column_names, desc="tokenizing")
+        features = tokenize_rows(rows, encode, config, desc="tokenizing")
         announce = {"train": "training", "eval": "held-out"}.get(purpose, "input")
         cut = sum(column_list(features, "source_cut"))
         if cut:

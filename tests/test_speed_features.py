@@ -1,0 +1,97 @@
+"""What ftune does for speed must not change results: packed SFT batches give the padded batches' loss with zero
+pad tokens, length-sorted evaluation returns every row to its place, and tokenised features are cached."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from tests.conftest import invoke, read_json
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    words = "the a cat dog bird fish house tree river city paper model data story".split()
+    return [{"prompt": f"say {rng.choice(words)}:", "completion": " " + " ".join(rng.choice(words)
+                                                                             for _ in range(rng.randint(1, 40)))}
+            for _ in range(n)]
+
+
+def test_packed_batches_have_no_padding_and_the_padded_loss(tiny_gpt2):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
+
+    from ftune.tasks.lm.encoding import encode_completion
+    from ftune.tasks.lm.packing import keeps_examples_apart, packing_collator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
+    assert keeps_examples_apart(model)
+    features = []
+    for row in sft_rows(8):
+        ids, labels = encode_completion(tokenizer, row["prompt"], row["completion"], 128)
+        features.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
+    packed = packing_collator(model)([dict(f) for f in features])
+    padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)([dict(f) for f in features])
+    assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features))  # zero pad tokens
+    assert "attention_mask" not in packed and packed["position_ids"][0, 0] == 0
+    assert padded["input_ids"].numel() > packed["input_ids"].numel()
+    with torch.no_grad():
+        packed_loss = model(**packed).loss.item()
+        padded_loss = model(**padded).loss.item()
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-4)
+
+
+def test_packing_trains_and_can_be_turned_off(tiny_gpt2, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sft_rows(60)))
+    common = ["lm", "--model", tiny_gpt2, "--data", data, "--max-steps", "3", "--batch-size", "8"]
+    packed = invoke(*common, "--output-dir", tmp_path / "packed")
+    assert packed.exit_code == 0, packed
+    assert "packing: each training batch is one padding-free row" in packed.stdout
+    padded = invoke(*common, "--output-dir", tmp_path / "padded", "--no-packing")
+    assert padded.exit_code == 0, padded
+    assert "padding-free row" not in padded.stdout
+    # The same examples in the same batches: the first logged loss is the same (dropout aside it is one step).
+    first = [read_json(tmp_path / name / "trainer_state.json")["log_history"][0]["loss"]
+             for name in ("packed", "padded")]
+    assert first[0] == pytest.approx(first[1], rel=0.05)
+
+
+def test_length_sorted_scoring_restores_the_rows_order():
+    import datasets
+
+    from ftune.tasks.base import length_order, restore_order
+
+    lengths = [3, 9, 1, 9, 4, 7]
+    inputs = datasets.Dataset.from_dict({"input_ids": [[0] * n for n in lengths]})
+    order = length_order(inputs)
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True) and order[:2] == [1, 3]  # stable
+    predicted_in_order = np.array([[lengths[i], i] for i in order])       # what a model would return, row-wise
+    restored = restore_order((predicted_in_order, predicted_in_order * 10), order)
+    assert restored[0][:, 1].tolist() == list(range(len(lengths)))
+    assert restored[1][:, 0].tolist() == [10 * n for n in lengths]
+
+
+def test_tokenised_features_are_read_back_from_the_cache(tiny_bert, tmp_path):
+    import datasets
+
+    from ftune.config import resolve_config
+    from ftune.tasks import get_task
+
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps({"text": f"good dog {i}", "label": i % 2}) + "\n" for i in range(50)))
+    rows = datasets.load_dataset("json", data_files=str(rows_file), cache_dir=str(tmp_path / "cache"))["train"]
+    task = get_task("classify")
+    config = resolve_config(task.options_class, layers=[("t", {"data": "x", "model": str(tiny_bert)})])
+    tokenizer = task.load_tokenizer(config)
+    state = {"columns": {"text": "text", "text_pair": None, "label": "label"}, "labels": ["0", "1"]}
+    first = task.features(config, tokenizer, rows, state, purpose="train")
+    again = task.features(config.replace(output_dir="elsewhere"), tokenizer, rows, state, purpose="train")
+    assert first.cache_files and first.cache_files == again.cache_files  # the same cache file: not tokenised twice
+    other = task.features(config.replace(max_length=16), tokenizer, rows, state, purpose="train")
+    assert other.cache_files != first.cache_files  # another option, other features
