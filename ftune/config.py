@@ -95,6 +95,8 @@ class TrainConfig:
                                              "at the end with --max-steps).", min=1)
     early_stopping: Optional[int] = option(None, "Stop after PATIENCE evaluations without improvement of the "
                                                  "main metric.", min=1)
+    checkpoint_minutes: float = option(10.0, "Write a resumable checkpoint at an evaluation once this many minutes "
+                                             "have passed since the last (0: at every evaluation).", min=0.0)
     group_by_length: bool = option(True, "Batch examples of similar length together (less padding, faster).")
     logging_steps: int = option(10, "Log the training loss every N steps.", min=1)
 

@@ -34,9 +34,12 @@ class RunDir:
     path: Path
 
     def remove_checkpoints(self) -> None:
-        """A finished run keeps only its final model: checkpoints are for resuming interrupted runs."""
+        """A finished run keeps only its final model: checkpoints (and the best model kept while training) are for
+        resuming interrupted runs."""
         for checkpoint in checkpoints(self.path):
             shutil.rmtree(checkpoint, ignore_errors=True)
+        for folder in ("best-model", "best-model.tmp"):
+            shutil.rmtree(self.path / folder, ignore_errors=True)
 
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name

@@ -200,8 +200,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     trainer.save_model(str(run.path))
-    evaluation = task.evaluate(config, trainer, tokenizer, state, split.eval, split.eval_ids,
-                               features=prepared.eval_features)
+    evaluation = score_held_out(task, config, trainer, prepared)
     if main:
         from ftune.modelcard import model_card
 
@@ -222,6 +221,37 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     console.info(f"run saved to {target}")
 
 
+def score_held_out(task, config: TrainConfig, trainer, prepared: Prepared):
+    """The final figures: the trained model scored on the held-out rows as `ftune eval` scores them (in the
+    scoring precision, ftune.precision.scoring_precision), so they are reproducible row for row."""
+    import tempfile
+
+    from ftune.trainers import inference_trainer
+
+    # Without the mixed-precision wrapper accelerate put around forward during training.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    with tempfile.TemporaryDirectory(prefix="ftune-score-") as scratch:
+        scorer = inference_trainer(task, config, prepared.state, model, prepared.tokenizer,
+                                   precision=prepared.precision, batch_size=None, scratch=scratch)
+        return task.evaluate(config, scorer, prepared.tokenizer, prepared.state, prepared.split.eval,
+                             prepared.split.eval_ids, features=prepared.eval_features)
+
+
+BEST_MODEL_FOLDER = "best-model"
+
+
+def sharded_training(config: TrainConfig) -> bool:
+    """Whether the weights are sharded over processes (an FSDP or DeepSpeed accelerate config)."""
+    if not config.accelerate_config:
+        return False
+    import yaml
+
+    from ftune.accelerate_configs import config_path
+
+    data = yaml.safe_load(config_path(config.accelerate_config).read_text()) or {}
+    return data.get("distributed_type") in ("FSDP", "DEEPSPEED")
+
+
 def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: Path, model, tokenizer, train_ds,
                   eval_ds, compute_metrics, precision: str):
     """The task's Trainer with ftune's defaults: dynamic padding, length-grouped batches, evaluation and a
@@ -233,6 +263,9 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
 
     on_gpu = torch.cuda.is_available()
     best_metric, greater_is_better = task.best_metric(config)
+    # ftune keeps the best weights itself (BestModel), so checkpoints are only for resuming and can be rare; with
+    # sharded weights (FSDP, DeepSpeed) the Trainer's own way: a checkpoint at every evaluation, the best reloaded.
+    keeps_best = not sharded_training(config)
     if config.eval_steps:
         schedule = {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": config.eval_steps,
                     "save_steps": config.eval_steps}
@@ -256,8 +289,8 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         data_seed=config.seed,
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        save_total_limit=2,  # the best and the latest: enough to resume and to restore the best
-        load_best_model_at_end=True,
+        save_total_limit=1 if keeps_best else 2,  # the latest (and the best, when checkpoints keep it)
+        load_best_model_at_end=not keeps_best,
         metric_for_best_model=best_metric,
         greater_is_better=greater_is_better,
         activation_checkpointing=config.gradient_checkpointing,
@@ -270,14 +303,17 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         average_tokens_across_devices=False,
         ddp_find_unused_parameters=False if dist.world_size() > 1 else None,
         disable_tqdm=not dist.is_main_process() or not sys.stderr.isatty(),  # bars only for people
-        optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        optim="adamw_torch_fused",  # one kernel over all parameters: on CPU too (4x faster steps, bench/)
         torch_compile=config.compile,
         **schedule,
         **precision_arguments(precision),
     )
-    from ftune.trainers import CheckpointMarker, LogEveryCheckpoint
+    from ftune.trainers import BestModel, CheckpointMarker, LogEveryCheckpoint, ThrottledCheckpoints
 
     callbacks = [CheckpointMarker(), LogEveryCheckpoint()]
+    if keeps_best:
+        callbacks += [BestModel(output_dir / BEST_MODEL_FOLDER, best_metric, greater_is_better),
+                      ThrottledCheckpoints(config.checkpoint_minutes)]
     if config.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     pad_multiple = 8 if on_gpu and precision in ("bf16", "fp16") else None  # tensor-core friendly shapes

@@ -235,7 +235,7 @@ def test_interrupted_run_is_resumable(tiny_bert, sentiment_file, ftune, tmp_path
 
     out = tmp_path / "run"
     args = ["classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", out, "--max-steps", "6",
-            "--eval-steps", "3", "--batch-size", "8"]
+            "--eval-steps", "3", "--checkpoint-minutes", "0", "--batch-size", "8"]
     monkeypatch.setattr(spine, "build_trainer", build_with_interrupt)
     interrupted = ftune(*args)
     assert interrupted.exit_code == 130 and "--resume" in interrupted.stderr

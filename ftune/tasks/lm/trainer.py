@@ -46,8 +46,9 @@ class TokenLossTrainer(FtuneTrainer):
             from ftune.tasks.lm.packing import keeps_examples_apart, packing_collator
 
             if keeps_examples_apart(self.model):
-                self._packing_collator = packing_collator(self.model)
-                console.info("packing: each training batch is one padding-free row of its examples")
+                self._packing_collator = packing_collator(self.model, tokenizer=self.processing_class)
+                console.info("packing: each training batch is packed into rows of several examples that do not "
+                             "attend to each other")
             else:
                 self.packing = False
                 console.note(f"{type(self.model).__name__} does not keep packed examples apart (restarted position "
