@@ -247,9 +247,16 @@ def test_regression_metrics_recomputed_with_scipy(regression):
 
 
 def test_regression_run_model_and_split(regression):
-    run, _ = regression
+    from transformers import pipeline
+
+    run, rows = regression
     config = read_json(run / "config.json")
     assert config["problem_type"] == "regression" and config["id2label"] == {"0": "score"}
+    # The saved model gives the same number through transformers' pipeline (no squashing function).
+    held = read_jsonl(run / "eval_predictions.jsonl")[0]
+    text = next(row["text"] for row in rows if row["id"] == held["id"])
+    (out,) = pipeline("text-classification", model=str(run), function_to_apply="none")([text])
+    assert out["label"] == "score" and out["score"] == pytest.approx(held["prediction"], abs=1e-5)
     assert not read_json(run / "split.json")["stratified"]
     # The best checkpoint is the one with the lowest mse, and it is the model the run keeps.
     state = read_json(run / "trainer_state.json")
@@ -306,15 +313,15 @@ def test_trainer_loss_uses_the_class_weights(tiny_bert, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
-    from ftune.tasks.classify.trainer import ClassWeightedTrainer
+    from ftune.tasks.classify.trainer import ClassifyTrainer
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     batch = dict(tokenizer(["the cat", "a dog runs fast", "river"], padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([0, 2, 2])
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    weighted = ClassWeightedTrainer(model=model, args=args, class_weights=[3.0, 1.0, 0.5])
-    plain = ClassWeightedTrainer(model=model, args=args)
+    weighted = ClassifyTrainer(model=model, args=args, class_weights=[3.0, 1.0, 0.5])
+    plain = ClassifyTrainer(model=model, args=args)
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.double()
         loss, _ = weighted.compute_loss(model, dict(batch), return_outputs=True)

@@ -135,9 +135,9 @@ class ClassifyTask(Task):
         return problem_of(state).model_kwargs(state)
 
     def trainer_class(self):
-        from ftune.tasks.classify.trainer import ClassWeightedTrainer
+        from ftune.tasks.classify.trainer import ClassifyTrainer
 
-        return ClassWeightedTrainer
+        return ClassifyTrainer
 
     def trainer_kwargs(self, config, state):
         weights = state.get("class_weights")

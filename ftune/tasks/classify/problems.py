@@ -68,6 +68,7 @@ class Problem:
 
 
 def check_unseen(found, labels: list[str]) -> None:
+    """Raise UsageError naming the held-out labels (`found`) that no training row has."""
     unseen = sorted(set(found) - set(labels))
     if unseen:
         raise UsageError(f"held-out labels never seen in training: {', '.join(unseen[:10])}; add training rows "
@@ -285,6 +286,7 @@ PROBLEMS = {p.name: p for p in (SingleLabel(), MultiLabel(), Regression())}
 
 
 def figures_table(figures: dict[str, dict], first: str, title: str) -> str:
+    """Precision, recall, F1 and support per class (or label), as a table."""
     rows = [(name, f"{f['precision']:.4f}", f"{f['recall']:.4f}", f"{f['f1']:.4f}", f["support"])
             for name, f in figures.items()]
     return _table([first, "precision", "recall", "f1", "support"], rows, title)

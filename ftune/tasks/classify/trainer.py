@@ -16,7 +16,7 @@ import torch
 from ftune.trainers import FtuneTrainer
 
 
-class ClassWeightedTrainer(FtuneTrainer):
+class ClassifyTrainer(FtuneTrainer):
     # Every loss here (the model's cross-entropy, BCE or MSE, and the weighted one) is a mean over its own batch,
     # so the Trainer must divide it by the accumulation steps. Left to itself it would not: the models' forward
     # takes **kwargs, which transformers reads as "normalises by num_items_in_batch", and the logged loss and the
