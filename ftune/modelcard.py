@@ -22,7 +22,9 @@ def model_card(path: Path, task, config, state: dict[str, Any], split: dict[str,
     length = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs:g} epochs"
     merge = f", `ftune merge {path} --output-dir MERGED`" if config.lora else ""
     labels = state.get("labels")
-    label_line = f"- **Labels:** {', '.join(map(str, labels))}\n" if labels else ""
+    facts = [f"**Labels:** {', '.join(map(str, labels))}"] if labels else []
+    facts += task.model_card_facts(config, state)
+    fact_lines = "".join(f"- {fact}\n" for fact in facts)
     text = f"""---
 library_name: {'peft' if config.lora else 'transformers'}
 base_model: {config.model}
@@ -38,7 +40,7 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 - **Method:** {method}
 - **Data:** `{config.data}`{f' (configuration `{config.data_config}`)' if config.data_config else ''}; trained on
   {split.get('train_rows')} rows; held out: {held_out}, {split.get('rows')} rows
-{label_line}- **Training:** {length}, learning rate {config.learning_rate:g}, batch size {config.batch_size} x \
+{fact_lines}- **Training:** {length}, learning rate {config.learning_rate:g}, batch size {config.batch_size} x \
 {config.grad_accum} accumulation, seed {config.seed}
 
 ## Held-out metrics

@@ -250,6 +250,10 @@ class Task:
         return dict(output)
 
     # ---- the model card ---------------------------------------------------------------------------
+    def model_card_facts(self, config: TrainConfig, state: dict[str, Any]) -> list[str]:
+        """Markdown lines the task adds to the model card's summary (e.g. its problem type, class weights)."""
+        return []
+
     def model_card_usage(self, config: TrainConfig, state: dict[str, Any], run_path: str) -> str:
         """Python that loads the trained model, for the model card."""
         cls = self.peft_model_class if config.lora else self.model_class
