@@ -22,6 +22,13 @@ from ftune.errors import RunFailed
 class FtuneTrainer(Trainer):
     """Trainer with in-order evaluation that stops at the first non-finite training loss."""
 
+    # The classification, QA and seq2seq heads return a mean over their own batch, so the loss must be divided by
+    # the accumulation steps. transformers would not divide when a model's forward takes **kwargs and the batch has
+    # labels (it reads that as "normalised by num_items_in_batch"): --grad-accum N multiplied the classify and
+    # summarize losses and gradients by N (tests/test_summarize.py). The
+    # causal-LM trainer leaves the decision to transformers: those models do normalise by the token count.
+    loss_is_scaled_for_ga = False
+
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
             return None  # as the base Trainer: with several ranks accelerate shards the rows in order

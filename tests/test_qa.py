@@ -348,3 +348,4 @@ def test_bad_input_is_one_line_with_exit_code_2(ftune, tiny_bert, tmp_path):
                    "--output-dir", tmp_path / "c")
     assert result.exit_code == 2 and "no value in column 'context'" in result.stderr, result
     assert not (tmp_path / "c" / "train_results.json").exists()
+

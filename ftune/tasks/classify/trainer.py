@@ -17,11 +17,7 @@ from ftune.trainers import FtuneTrainer
 
 
 class ClassifyTrainer(FtuneTrainer):
-    # Every loss here (the model's cross-entropy, BCE or MSE, and the weighted one) is a mean over its own batch,
-    # so the Trainer must divide it by the accumulation steps. Left to itself it would not: the models' forward
-    # takes **kwargs, which transformers reads as "normalises by num_items_in_batch", and the logged loss and the
-    # gradients would grow with --grad-accum.
-    loss_is_scaled_for_ga = False
+    """Class weights in the cross-entropy (a mean over its batch, divided by the accumulation steps by FtuneTrainer)."""
 
     def __init__(self, *args, class_weights: Optional[Sequence[float]] = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -23,6 +23,8 @@ class TokenLossTrainer(FtuneTrainer):
     With `packing`, training batches are padding-free packed rows (ftune.tasks.lm.packing) when the model keeps
     packed examples apart; evaluation keeps its padded batches, one row per example, for per-row losses."""
 
+    loss_is_scaled_for_ga = None  # causal-LM losses are normalised by the accumulated token count (transformers)
+
     def __init__(self, *args, packing: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.packing = packing
