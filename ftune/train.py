@@ -4,7 +4,8 @@
     -> the task's checks and state -> model (+ LoRA) -> features        [nothing on disk has changed yet]
     -> claim the folder (the target, or a staging folder under --overwrite) -> ftune.yaml, split.json
     -> Trainer -> train (complete checkpoints marked) -> save model -> score the held-out split
-    -> eval_results.json, eval_predictions.jsonl -> model card -> trainer_state.json
+    -> eval_results.json, eval_predictions.jsonl -> trainer_state.json
+    -> pictures (learning curves, the task's own) -> model card
     -> train_results.json (written last: the run is finished) -> staging swapped into place
 
 Only rank 0 writes files and prints; every rank computes the same split from the same seed.
@@ -203,6 +204,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     evaluation = score_held_out(task, config, trainer, prepared)
     if main:
         from ftune.modelcard import model_card
+        from ftune.pictures import draw_pictures, learning_curves_picture
 
         run.write_evaluation(evaluation)
         trainer.save_state()
@@ -212,7 +214,9 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
             train_metrics["train_loss"] = whole_run
         train_metrics.update({"train_samples": len(split.train), "effective_batch_size": effective,
                               "world_size": world, "wall_seconds": round(time.time() - started, 1)})
-        run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics))
+        pictures = draw_pictures(run, [learning_curves_picture(trainer.state.log_history, *task.best_metric(config)),
+                                       *task.pictures(config, state, evaluation)])
+        run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics, pictures))
         run.remove_checkpoints()
         run.write_train_results(train_metrics)  # last: marks the run finished
     console.info(console.metrics_table(evaluation.metrics, title=f"held-out metrics ({len(split.eval):,} rows)"))

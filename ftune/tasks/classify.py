@@ -158,6 +158,12 @@ class ClassifyTask(Task):
     def prediction_fields(self, output):
         return {"label": output["prediction"], "score": output["score"]}
 
+    def pictures(self, config, state, evaluation):
+        from ftune.pictures import confusion_matrix_picture
+
+        found = evaluation.details.get("confusion_matrix")
+        return [confusion_matrix_picture(found["labels"], found["matrix"])] if found else []
+
     def model_card_usage(self, config, state, run_path):
         if not config.lora:
             return (f"from transformers import pipeline\n\nclassifier = pipeline(\"text-classification\", "
