@@ -54,9 +54,20 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 ```
 
 Or with ftune: `ftune eval {path}`, `ftune predict {path} ...`{merge}.
-The full configuration is in `ftune.yaml`; the held-out rows are recorded in `split.json`.
+The full configuration is in `ftune.yaml`; the held-out rows are recorded in `split.json`.{_logs_line(config)}
 """
     return text
+
+
+def _logs_line(config) -> str:
+    """Where the experiment trackers' files are (--report-to)."""
+    from ftune.tracking import trackers
+
+    names = trackers(config.report_to)
+    if not names:
+        return ""
+    view = ": `tensorboard --logdir logs`" if "tensorboard" in names else ""
+    return f"\nThe training logs of {', '.join(names)} are under `logs/`{view}."
 
 
 def _pictures_section(pictures: Sequence) -> str:

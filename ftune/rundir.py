@@ -25,6 +25,7 @@ EVAL_RESULTS = "eval_results.json"
 EVAL_PREDICTIONS = "eval_predictions.jsonl"
 EVAL_DETAILS = "eval_details.json"
 MODEL_CARD = "README.md"
+LOGS_FOLDER = "logs"                       # the experiment trackers' files (--report-to)
 
 
 @dataclass
