@@ -44,12 +44,24 @@ def draw_pictures(folder, pictures: Sequence[Picture]) -> list[Picture]:
         try:
             folder.write_picture(picture.file, picture.draw())
         except Exception as exc:  # noqa: BLE001 — a picture must never make a run fail
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            console.warn(f"could not draw {picture.file} ({type(exc).__name__}: {text}); the run itself is not "
-                         "affected")
+            _warn(f"could not draw {picture.file}", exc)
             continue
         written.append(picture)
     return written
+
+
+def task_pictures(task, config, state: dict[str, Any], evaluation) -> list[Picture]:
+    """The task's own pictures of `evaluation` (Task.pictures); a task that fails to name them costs a warning."""
+    try:
+        return list(task.pictures(config, state, evaluation))
+    except Exception as exc:  # noqa: BLE001 — as in draw_pictures
+        _warn(f"could not draw the {task.name} pictures", exc)
+        return []
+
+
+def _warn(what: str, exc: Exception) -> None:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    console.warn(f"{what} ({type(exc).__name__}: {text}); the run itself is not affected")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,6 +218,12 @@ def predicted_vs_true_figure(references: Sequence[float], predictions: Sequence[
 
 
 def _figure(width: float, height: float):
+    import logging
+    import os
+
+    if not os.environ.get("FTUNE_DEBUG"):
+        # e.g. "building the font cache" on a first run: ftune's output stays its own (as with the other libraries)
+        logging.getLogger("matplotlib").setLevel(logging.ERROR)
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")

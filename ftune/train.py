@@ -209,7 +209,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     evaluation = score_held_out(task, config, trainer, prepared)
     if main:
         from ftune.modelcard import model_card
-        from ftune.pictures import draw_pictures, learning_curves_picture
+        from ftune.pictures import draw_pictures, learning_curves_picture, task_pictures
 
         run.write_evaluation(evaluation)
         trainer.save_state()
@@ -220,7 +220,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
         train_metrics.update({"train_samples": len(split.train), "effective_batch_size": effective,
                               "world_size": world, "wall_seconds": round(time.time() - started, 1)})
         pictures = draw_pictures(run, [learning_curves_picture(trainer.state.log_history, *task.best_metric(config)),
-                                       *task.pictures(config, state, evaluation)])
+                                       *task_pictures(task, config, state, evaluation)])
         run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics, pictures))
         run.remove_checkpoints()
         run.write_train_results(train_metrics)  # last: marks the run finished

@@ -205,3 +205,14 @@ def test_a_log_history_without_losses_is_refused():
     with pytest.raises(ValueError, match="no loss"):
         learning_curves_figure([{"step": 1, "learning_rate": 0.1}], "f1", True)
 
+
+
+def test_a_task_that_fails_to_name_its_pictures_costs_a_warning(capsys):
+    from ftune.pictures import task_pictures
+    from ftune.tasks.base import Evaluation
+    from ftune.tasks.classify import TASK
+
+    evaluation = Evaluation(metrics={}, predictions=[], details={"confusion_matrix": {"labels": ["a"]}})
+    assert task_pictures(TASK, None, {}, evaluation) == []
+    assert capsys.readouterr().err == ("warning: could not draw the classify pictures (KeyError: 'matrix'); the run "
+                                       "itself is not affected\n")
