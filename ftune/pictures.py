@@ -98,8 +98,9 @@ def predicted_vs_true_picture(file: str, caption: str, references: Sequence[floa
 
 
 def learning_curves_figure(log_history: list[dict], metric: str, greater_is_better: bool):
-    """Two panels: the training and held-out loss, then the held-out `metric` with its best value marked (the model
-    ftune keeps). With `metric` "loss" the loss panel alone. Raises ValueError when there is nothing to draw."""
+    """Two panels: the training and held-out loss, then the held-out `metric`, its best value marked (the model ftune
+    keeps). With `metric` "loss" the loss panel alone, the best held-out loss marked. Raises ValueError when there
+    is nothing to draw."""
     train = _series(log_history, "loss")
     held_out = _series(log_history, "eval_loss")
     scores = _series(log_history, f"eval_{metric}") if metric != "loss" else ([], [])
@@ -114,22 +115,19 @@ def learning_curves_figure(log_history: list[dict], metric: str, greater_is_bett
         loss.plot(*train, color="tab:blue", marker="." if len(train[0]) < 40 else None, label="training loss")
     if held_out[0]:
         loss.plot(*held_out, color="tab:orange", marker="o", label="held-out loss")
+        if metric == "loss":
+            _mark_best(loss, held_out, greater_is_better)
     _label(loss, "Loss", "loss")
-    loss.legend(loc="best")
 
     if scores[0]:
         panel = axes[1]
         panel.plot(*scores, color="tab:green", marker="o", label=f"held-out {metric}")
-        pick = max if greater_is_better else min
-        best = pick(range(len(scores[1])), key=lambda i: scores[1][i])
-        step, value = scores[0][best], scores[1][best]
-        panel.plot([step], [value], marker="*", markersize=16, color="tab:red", linestyle="none",
-                   label=f"best: {value:.4f} at step {step} (kept)")
+        _mark_best(panel, scores, greater_is_better)
         _label(panel, f"Held-out {metric}", metric)
-        panel.legend(loc="best")
 
     epochs_per_step = _epochs_per_step(log_history)
     for panel in axes:
+        panel.legend(loc="best")
         _epoch_axis(panel, epochs_per_step)
     figure.suptitle("Learning curves")
     return figure
@@ -246,6 +244,15 @@ def _epochs_per_step(log_history: list[dict]) -> Optional[float]:
         if entry.get("step") and isinstance(entry.get("epoch"), (int, float)):
             return float(entry["epoch"]) / float(entry["step"])
     return None
+
+
+def _mark_best(axes, series: tuple[list[int], list[float]], greater_is_better: bool) -> None:
+    """A star on the best evaluation: the one whose model ftune keeps (the first of equals)."""
+    steps, values = series
+    pick = max if greater_is_better else min
+    best = pick(range(len(values)), key=lambda i: values[i])
+    axes.plot([steps[best]], [values[best]], marker="*", markersize=16, color="tab:red", linestyle="none",
+              label=f"best: {values[best]:.4f} at step {steps[best]} (kept)")
 
 
 def _label(axes, title: str, ylabel: str) -> None:

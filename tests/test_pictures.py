@@ -216,3 +216,14 @@ def test_a_task_that_fails_to_name_its_pictures_costs_a_warning(capsys):
     assert task_pictures(TASK, None, {}, evaluation) == []
     assert capsys.readouterr().err == ("warning: could not draw the classify pictures (KeyError: 'matrix'); the run "
                                        "itself is not affected\n")
+
+
+def test_with_the_loss_as_main_metric_one_panel_marks_the_best_held_out_loss():
+    from ftune.pictures import learning_curves_figure
+
+    history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.5},
+               {"step": 4, "loss": 1.5}, {"step": 4, "eval_loss": 2.7}, {"step": 4, "train_loss": 2.1}]
+    (loss,) = learning_curves_figure(history, "loss", False).axes[:1]
+    labels = [line.get_label() for line in loss.lines]
+    assert labels == ["training loss", "held-out loss", "best: 2.5000 at step 2 (kept)"]
+    assert list(loss.lines[0].get_xdata()) == [1, 2, 4]
