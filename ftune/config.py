@@ -71,6 +71,9 @@ class TrainConfig:
                                            "for reruns on the same data and options).", panel="Data", min=1)
     output_dir: Optional[str] = option(None, "Run directory (default: runs/<task>-<model>-<time>).",
                                        panel="Output", short="-o")
+    report_to: Optional[list[str]] = option(None, "Experiment trackers that get the training logs, comma-separated: "
+                                                  "tensorboard, trackio, mlflow, wandb, or none (the default); "
+                                                  "their files go under RUN/logs.", panel="Output")
 
     lora: bool = option(False, "Train a LoRA adapter instead of all weights.", panel="LoRA")
     lora_r: int = option(8, "LoRA rank.", panel="LoRA", min=1)
@@ -133,6 +136,10 @@ class TrainConfig:
             problem = config_problem(self.accelerate_config)
             if problem:
                 problems.append(problem)
+        if self.report_to:
+            from ftune.tracking import problems as tracker_problems
+
+            problems += tracker_problems(self.report_to)
         return problems + self.task_options.check(self)
 
     @property

@@ -3,8 +3,9 @@
     plan the run folder (checks only) -> load data -> columns -> held-out split -> tokenizer
     -> the task's checks and state -> model (+ LoRA) -> features        [nothing on disk has changed yet]
     -> claim the folder (the target, or a staging folder under --overwrite) -> ftune.yaml, split.json
-    -> Trainer -> train (complete checkpoints marked) -> save model -> score the held-out split
-    -> eval_results.json, eval_predictions.jsonl -> model card -> trainer_state.json
+    -> Trainer (trackers log under RUN/logs) -> train (complete checkpoints marked) -> save model
+    -> score the held-out split -> eval_results.json, eval_predictions.jsonl -> trainer_state.json
+    -> pictures (learning curves, the task's own) -> model card
     -> train_results.json (written last: the run is finished) -> staging swapped into place
 
 Only rank 0 writes files and prints; every rank computes the same split from the same seed.
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ftune import console
 from ftune import distributed as dist
@@ -40,8 +41,10 @@ def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: 
     anything on disk changes; under --overwrite the old run stays as it is until the new one has finished.
     """
     from ftune.folders import plan_run_folder
+    from ftune.tracking import require_installed
 
     ensure_offline_if_unreachable()  # before transformers/datasets are imported: they read it once
+    require_installed(config.report_to)
     if not config.output_dir:
         config = config.replace(output_dir=dist.broadcast_object(default_output_dir(task, config)))
     task.model_source(config).require()
@@ -106,7 +109,7 @@ def prepare(task, config: TrainConfig) -> Prepared:
 
 
 # Options that do not change what a run learns: a resumed run may differ in them.
-NOT_RESULT_CHANGING = ("output_dir", "logging_steps", "eval_batch_size")
+NOT_RESULT_CHANGING = ("output_dir", "logging_steps", "eval_batch_size", "report_to")
 
 
 def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Prepared) -> None:
@@ -141,6 +144,8 @@ def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Pre
 
 def _train_in(plan, task, config: TrainConfig, prepared: Prepared) -> Path:
     from ftune.folders import FolderLock, claim, drop_torn_checkpoints, last_complete_checkpoint, swap_into_place
+    from ftune.rundir import LOGS_FOLDER
+    from ftune.tracking import logs_in
 
     main = dist.is_main_process()
     lock = FolderLock(plan.workdir)
@@ -156,7 +161,8 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared) -> Path:
         if main and checkpoint is None:
             run.write_config(task.name, config, prepared.state, prepared.precision)
             run.write_split(prepared.split.record)
-        _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume)
+        with logs_in(plan.workdir / LOGS_FOLDER, config.report_to):  # trackers write into the run while it trains
+            _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume)
         if main:
             lock.release()
             if plan.staged:
@@ -186,7 +192,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     trainer = build_trainer(task, config, state, run.path, prepared.model, tokenizer, prepared.train_features,
                             eval_inputs, task.metrics_function(config, tokenizer, state, split.eval,
                                                                prepared.eval_features, eval_order),
-                            prepared.precision)
+                            prepared.precision, run_name=target.name)
     world = dist.world_size()
     effective = config.batch_size * config.grad_accum * world
     console.info(f"ftune {task.name}: {config.model} on {config.data} — {len(split.train):,} train rows, "
@@ -203,6 +209,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     evaluation = score_held_out(task, config, trainer, prepared)
     if main:
         from ftune.modelcard import model_card
+        from ftune.pictures import draw_pictures, learning_curves_picture, task_pictures
 
         run.write_evaluation(evaluation)
         trainer.save_state()
@@ -212,7 +219,9 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
             train_metrics["train_loss"] = whole_run
         train_metrics.update({"train_samples": len(split.train), "effective_batch_size": effective,
                               "world_size": world, "wall_seconds": round(time.time() - started, 1)})
-        run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics))
+        pictures = draw_pictures(run, [learning_curves_picture(trainer.state.log_history, *task.best_metric(config)),
+                                       *task_pictures(task, config, state, evaluation)])
+        run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics, pictures))
         run.remove_checkpoints()
         run.write_train_results(train_metrics)  # last: marks the run finished
     console.info(console.metrics_table(evaluation.metrics, title=f"held-out metrics ({len(split.eval):,} rows)"))
@@ -253,13 +262,15 @@ def sharded_training(config: TrainConfig) -> bool:
 
 
 def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: Path, model, tokenizer, train_ds,
-                  eval_ds, compute_metrics, precision: str):
+                  eval_ds, compute_metrics, precision: str, run_name: Optional[str] = None):
     """The task's Trainer with ftune's defaults: dynamic padding, length-grouped batches, evaluation and a
-    checkpoint every epoch, the best model by the task's main metric kept at the end."""
+    checkpoint every epoch, the best model by the task's main metric kept at the end; `run_name` names the run
+    in the experiment trackers."""
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments
 
     from ftune.precision import precision_arguments
+    from ftune.tracking import tracker_arguments
 
     on_gpu = torch.cuda.is_available()
     best_metric, greater_is_better = task.best_metric(config)
@@ -295,7 +306,7 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         greater_is_better=greater_is_better,
         activation_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        report_to="none",
+        **tracker_arguments(config.report_to, run_name or output_dir.name),
         use_cpu=not on_gpu,
         tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
         # Each rank's loss is its own mean; averaging token counts across ranks would scale the logged loss

@@ -59,7 +59,8 @@ def test_full_run_writes_the_run_directory(full_run):
     names = {p.name for p in full_run.iterdir()}
     expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "ftune.yaml",
                 "split.json", "train_results.json", "trainer_state.json", "eval_results.json",
-                "eval_predictions.jsonl", "eval_details.json", "README.md"}
+                "eval_predictions.jsonl", "eval_details.json", "README.md", "learning_curves.png",
+                "confusion_matrix.png"}
     assert expected <= names
     assert not [n for n in names if n.startswith("checkpoint-") or n == ".ftune.lock"]
     metrics = read_json(full_run / "eval_results.json")

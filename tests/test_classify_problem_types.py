@@ -586,3 +586,14 @@ def test_class_weights_on_imbalanced_drug_reviews(tmp_path):
                         details["per_class"]["neutral"]["f1"])
     assert scores["plain"][1] == 0.0 < scores["balanced"][1]
     assert scores["balanced"][0] > scores["plain"][0] + 0.03, scores
+
+
+def test_problem_types_draw_their_pictures(multi, regression):
+    """Multi-label runs draw the F1 of each label, regression runs predicted against true values; the model card
+    links them."""
+    from PIL import Image
+
+    for run, picture in ((multi[0], "label_f1.png"), (regression[0], "predicted_vs_true.png")):
+        with Image.open(run / picture) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+        assert f"]({picture})" in (run / "README.md").read_text()

@@ -25,7 +25,7 @@ def runs(tmp_path_factory, tiny_bert):
                              "--batch-size", "8", *COMMON)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli_subprocess("classify", "--model", tiny_bert, "--data", data, "--output-dir", base / "two",
-                             "--batch-size", "4", "--num-processes", "2", *COMMON)
+                             "--batch-size", "4", "--num-processes", "2", "--report-to", "tensorboard", *COMMON)
     assert two.returncode == 0, two.stderr[-3000:]
     return base / "one", base / "two", two
 
@@ -34,7 +34,9 @@ def test_two_ranks_write_one_complete_run(runs):
     _, two, process = runs
     names = {p.name for p in two.iterdir()}
     assert {"model.safetensors", "ftune.yaml", "split.json", "eval_results.json", "eval_predictions.jsonl",
-            "train_results.json", "trainer_state.json", "README.md"} <= names
+            "train_results.json", "trainer_state.json", "README.md", "learning_curves.png",
+            "confusion_matrix.png"} <= names
+    assert len(list((two / "logs" / "tensorboard").iterdir())) == 1  # rank 0 alone logs
     results = read_json(two / "train_results.json")
     assert results["world_size"] == 2 and results["effective_batch_size"] == 8
     assert "effective batch 8 = 4 per device x 2 process(es)" in process.stdout

@@ -76,7 +76,7 @@ def test_t5_run_writes_the_run_directory(t5_run):
     names = {p.name for p in t5_run.path.iterdir()}
     expected = {"config.json", "model.safetensors", "tokenizer.json", "ftune.yaml", "split.json",
                 "train_results.json", "trainer_state.json", "eval_results.json", "eval_predictions.jsonl",
-                "README.md"}
+                "README.md", "learning_curves.png"}
     assert expected <= names
     assert not [n for n in names if n.startswith("checkpoint-") or n == ".ftune.lock"]
     metrics = read_json(t5_run.path / "eval_results.json")

@@ -205,7 +205,10 @@ class ClassifyTask(Task):
             return {"value": prediction}
         return {"label": prediction, "score": output["score"]}
 
-    # ---- the model card ---------------------------------------------------------------------------
+    # ---- pictures and the model card ---------------------------------------------------------------
+    def pictures(self, config, state, evaluation):
+        return problem_of(state).pictures(state, evaluation)
+
     def model_card_facts(self, config, state):
         problem = problem_of(state)
         facts = []

@@ -77,6 +77,10 @@ def check_unseen(found, labels: list[str]) -> None:
 
 # ---- single-label ------------------------------------------------------------------------------------
 
+    def pictures(self, state, evaluation) -> list:
+        """Pictures of an evaluation (ftune.pictures), drawn into the run and by `ftune eval`."""
+        return []
+
 
 class SingleLabel(Problem):
     name = SINGLE_LABEL
@@ -140,6 +144,12 @@ class SingleLabel(Problem):
 
 
 # ---- multi-label -------------------------------------------------------------------------------------
+
+    def pictures(self, state, evaluation):
+        from ftune.pictures import confusion_matrix_picture
+
+        found = evaluation.details.get("confusion_matrix")
+        return [confusion_matrix_picture(found["labels"], found["matrix"])] if found else []
 
 
 class MultiLabel(Problem):
@@ -205,6 +215,13 @@ class MultiLabel(Problem):
         return Scores(metrics={k: v for k, v in scores.items() if isinstance(v, float)},
                       details={"per_label": per_label}, table=figures_table(per_label, "label", "per label"))
 
+    def pictures(self, state, evaluation):
+        from ftune.pictures import label_scores_picture
+
+        per_label = evaluation.details.get("per_label") or {}
+        return [label_scores_picture("label_f1.png", "F1 per label", {n: f["f1"] for n, f in per_label.items()}, "f1",
+                                     support={n: f["support"] for n, f in per_label.items()})] if per_label else []
+
 
 def indicators(names, labels: list[str], kind=int) -> list:
     """A 0/1 entry per label: whether it is among `names`."""
@@ -249,6 +266,14 @@ class Regression(Problem):
         scores = load_metric("regression").compute(predictions=[o["prediction"] for o in outputs],
                                                    references=references)
         return Scores(metrics=dict(scores))
+
+    def pictures(self, state, evaluation):
+        from ftune.pictures import predicted_vs_true_picture
+
+        rows = evaluation.predictions
+        return [predicted_vs_true_picture("predicted_vs_true.png", "Predicted against true values",
+                                          [r["reference"] for r in rows], [r["prediction"] for r in rows],
+                                          state["columns"]["label"])] if rows else []
 
 
 def numeric_targets(rows, column: str, where: str, ids: Optional[list] = None) -> list[float]:
