@@ -183,7 +183,12 @@ def test_full_run_serves_the_token_classification_pipeline(full_run, ftune):
     """Words the tiny tokenizer keeps whole: the pipeline's sub-tokens are ftune's words, so the two agree."""
     from transformers import pipeline
 
-    text = "The happy cat sleeps, Paris and London."
+    from transformers import AutoTokenizer
+
+    from ftune.tasks.ner.data import split_words
+
+    text = "The happy cat sleeps. Paris, London, the big dog."
+    assert len(AutoTokenizer.from_pretrained(full_run.path).tokenize(text)) == len(split_words(text)[0])
     tagger = pipeline("token-classification", model=str(full_run.path), aggregation_strategy="simple")
     expected = tagger(text)
     result = ftune("predict", full_run.path, "--text", text)

@@ -16,6 +16,7 @@ TASK_MODULES = {
     "qa": "ftune.tasks.qa",
     "summarize": "ftune.tasks.summarize",
     "ner": "ftune.tasks.ner",
+    "translate": "ftune.tasks.translate",
 }
 
 

@@ -192,8 +192,12 @@ class NerTask(Task):
                              f"the input has: {', '.join(inputs[0])}")
         for row, name in zip(inputs, names):
             value = row.get(key)
-            words = split_words(value)[0] if isinstance(value, str) and key == TEXT_INPUT else \
-                row_tokens({key: [value]}, key)[0] if value is not None else []
+            if value is None:
+                words = []
+            elif key == TEXT_INPUT:
+                words = split_words(str(value))[0]
+            else:
+                words = row_tokens({key: [value]}, key)[0]
             if not words:
                 raise UsageError(f"{name} has no words in column '{key}'; give every row a text or a list of words")
 
