@@ -140,7 +140,7 @@ def test_one_tag_per_word_and_metrics_recomputed_with_seqeval(full_run, conll_fo
         assert figures["support"] == report[kind]["support"]
 
 
-def test_eval_reproduces_training_metrics(full_run, ftune, tmp_path):
+def test_eval_reproduces_training_metrics(full_run, ftune, tmp_path, conll_folder):
     result = ftune("eval", full_run.path, "--output-dir", tmp_path)
     assert result.exit_code == 0, result
     trained, again = read_json(full_run.path / "eval_results.json"), read_json(tmp_path / "eval_results.json")
@@ -150,6 +150,24 @@ def test_eval_reproduces_training_metrics(full_run, ftune, tmp_path):
     assert [p["prediction"] for p in read_jsonl(tmp_path / "eval_predictions.jsonl")] == \
         [p["prediction"] for p in read_jsonl(full_run.path / "eval_predictions.jsonl")]
     assert "per entity type" in result.stdout
+
+    # The same sentences given as a CoNLL file to --data: the same tags, ids the file's sentence numbers.
+    result = ftune("eval", full_run.path, "--data", conll_folder / "dev.txt", "--output-dir", tmp_path / "file")
+    assert result.exit_code == 0, result
+    assert read_jsonl(tmp_path / "file" / "eval_predictions.jsonl") == read_jsonl(tmp_path / "eval_predictions.jsonl")
+
+
+def test_help_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys\nfrom ftune.cli import app\ntry:\n    app(['ner', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'evaluate', 'seqeval') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stderr
 
 
 def test_predict_prints_entities_with_character_offsets(full_run, ftune, tmp_path):

@@ -196,6 +196,19 @@ def test_predict_and_generate_give_the_evaluated_translations(t5_run, ftune, tmp
     assert result.stdout.strip() == held[0]["prediction"]
 
 
+def test_help_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys\nfrom ftune.cli import app\ntry:\n    app(['translate', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint(sorted(m for m in ('torch', 'transformers', 'datasets', 'evaluate', 'sacrebleu') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
 # ---- language codes: a tiny NLLB ------------------------------------------------------------------
 
 
@@ -235,12 +248,12 @@ def test_nllb_language_codes_reach_tokenizer_and_generation(nllb_run, tiny_nllb)
 
 @pytest.mark.filterwarnings("ignore:Recommended")  # Marian's advice to install sacremoses, unused here
 def test_language_code_resolution_on_real_tokenizer_classes(tmp_path):
-    """mBART (the decoder starts with the target code), mBART-50 (forced first token) and a multilingual Marian
-    tokenizer (a >>fr<< token before the source), built offline from the real classes."""
+    """mBART (the decoder starts with the target code), mBART-50 and M2M100 (a forced first token) and a
+    multilingual Marian tokenizer (a >>fr<< token before the source), built offline from the real classes."""
     import io
 
     import sentencepiece as spm
-    from transformers import MarianTokenizer, MBart50Tokenizer, MBartTokenizer
+    from transformers import M2M100Tokenizer, MarianTokenizer, MBart50Tokenizer, MBartTokenizer
 
     from ftune.errors import UsageError
     from ftune.tasks.translate import language_setup
@@ -271,6 +284,15 @@ def test_language_code_resolution_on_real_tokenizer_classes(tmp_path):
     assert language_setup(marian, "en", "de") == {"target_token": ">>de<<"}
     with pytest.raises(UsageError, match="unknown language code 'es' .*it knows 2 codes such as fr, de"):
         language_setup(marian, "en", "es")
+
+    # M2M100: codes ("fr") that are not themselves tokens ("__fr__"); their ids come from get_lang_id.
+    m2m_vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for piece in vocab:
+        m2m_vocab.setdefault(piece, len(m2m_vocab))
+    (tmp_path / "m2m.json").write_text(json.dumps(m2m_vocab))
+    m2m = M2M100Tokenizer(vocab_file=str(tmp_path / "m2m.json"), spm_file=str(tmp_path / "spm.model"))
+    assert language_setup(m2m, "en", "fr")["generation"] == {"forced_bos_token_id": m2m.get_lang_id("fr")}
+    assert m2m.convert_ids_to_tokens(m2m.get_lang_id("fr")) == "__fr__"
 
 
 # ---- data layouts ---------------------------------------------------------------------------------
