@@ -195,9 +195,7 @@ def inference_trainer(task, config, state, model, tokenizer, *, precision: str, 
     """The task's Trainer, used only to predict: the batching, precision and collation of training."""
     import torch
 
-    from ftune.precision import precision_arguments
-
-    from ftune.precision import scoring_precision
+    from ftune.precision import precision_arguments, scoring_precision
 
     on_gpu = torch.cuda.is_available()
     precision = scoring_precision(precision)

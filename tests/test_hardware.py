@@ -7,8 +7,8 @@ import yaml
 
 from ftune.accelerate_configs import config_path, config_problem, shipped
 from ftune.config import resolve_config
-from ftune.tasks.classify import ClassifyOptions
 from ftune.errors import UsageError
+from ftune.tasks.classify import ClassifyOptions
 from tests.conftest import read_json, run_cli_subprocess
 from tests.test_classify import sentiment_rows, write_jsonl
 
@@ -22,9 +22,8 @@ def cuda_devices() -> int:
 def test_precision_on_cpu(monkeypatch):
     import torch
 
-    from ftune.precision import resolve_precision
-
     import ftune.precision
+    from ftune.precision import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(ftune.precision, "cpu_has_bf16_matrix_units", lambda: False)

@@ -15,6 +15,8 @@ TASK_MODULES = {
     "lm": "ftune.tasks.lm",
     "qa": "ftune.tasks.qa",
     "summarize": "ftune.tasks.summarize",
+    "ner": "ftune.tasks.ner",
+    "translate": "ftune.tasks.translate",
 }
 
 

@@ -22,8 +22,15 @@ from ftune import console
 from ftune.data import column_list, describe_rows, row_ids
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores, first_array, softmax
-from ftune.tasks.labels import (check_known, class_names, distinct_set_values, distinct_values, label_config,
-                                row_label_sets, row_labels)
+from ftune.tasks.labels import (
+    check_known,
+    class_names,
+    distinct_set_values,
+    distinct_values,
+    label_config,
+    row_label_sets,
+    row_labels,
+)
 
 SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single-label", "multi-label", "regression"
 

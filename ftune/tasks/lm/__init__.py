@@ -21,8 +21,15 @@ from ftune.config import TaskOptions, option
 from ftune.data import check_no_missing, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores, Task
-from ftune.tasks.lm.encoding import (data_mode, document_chunks, encode_chat, encode_completion, has_text,
-                                     pack_blocks, require_chat_template)
+from ftune.tasks.lm.encoding import (
+    data_mode,
+    document_chunks,
+    encode_chat,
+    encode_completion,
+    has_text,
+    pack_blocks,
+    require_chat_template,
+)
 
 TEXT_COLUMNS = ("text", "content", "document")
 MESSAGES_COLUMNS = ("messages", "conversations", "conversation", "chat")
