@@ -45,10 +45,11 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
     if target.path.resolve() != run.path.resolve():
         mark_output(target.path, "eval", run=str(run.path.resolve()))
     target.write_evaluation(evaluation)
-    console.info(console.metrics_table(evaluation.metrics, title=f"{described} ({len(rows):,} rows)"))
-    if evaluation.table:
-        console.info(evaluation.table)
-    console.info(f"wrote {target.path / EVAL_RESULTS} and {target.path / EVAL_PREDICTIONS}")
+    console.final(console.metrics_table(evaluation.metrics, title=f"{described} ({len(rows):,} rows)"),
+                  details=evaluation.table,
+                  closing=f"wrote {target.path / EVAL_RESULTS} and {target.path / EVAL_PREDICTIONS}",
+                  run=str(run.path), scored=described, rows=len(rows), metrics=evaluation.metrics,
+                  output_dir=str(target.path))
     return evaluation
 
 

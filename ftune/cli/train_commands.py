@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ftune.cli.common import LogFormat
 from ftune.config import config_fields, default_of, parse_set_options, read_yaml_layer, resolve_config
 
 # Options that steer the run rather than configure it; they are not config keys.
@@ -28,10 +29,16 @@ RUN_CONTROL = {
                                            "checkpoint in --output-dir.", rich_help_panel="Run")],
     "overwrite": Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --output-dir.",
                                               rich_help_panel="Run")],
+    "quiet": Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors, warnings and the final table.",
+                                          rich_help_panel="Run")],
+    "log_format": Annotated[LogFormat, typer.Option("--log-format", help="text: bars on a terminal, plain lines "
+                                                    "elsewhere; json: one JSON object per event on stdout.",
+                                                    rich_help_panel="Run")],
     "debug": Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.",
                                           rich_help_panel="Run")],
 }
-RUN_CONTROL_DEFAULTS = {"config": None, "set_": None, "resume": False, "overwrite": False, "debug": False}
+RUN_CONTROL_DEFAULTS = {"config": None, "set_": None, "resume": False, "overwrite": False, "quiet": False,
+                        "log_format": LogFormat.text, "debug": False}
 
 
 def _flag_parameter(field, tp, options_class) -> inspect.Parameter:
@@ -74,10 +81,12 @@ def make_train_command(task):
         if control["resume"]:
             layers = _saved_config_layer(layers, control["overwrite"]) + layers
         config = resolve_config(task.options_class, layers=layers)
+        from ftune import console
         from ftune.launch import maybe_relaunch
 
+        # The ranks report as this process does.
         if maybe_relaunch(task.name, config, resume=control["resume"], overwrite=control["overwrite"],
-                          debug=control["debug"]):
+                          debug=control["debug"], extra_flags=console.command_line_flags()):
             return
         from ftune.train import run_training
 
