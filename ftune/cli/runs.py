@@ -1,4 +1,4 @@
-"""`ftune runs [DIR]` and `ftune runs compare RUN RUN...`.
+"""`ftune runs [DIR]`, `ftune runs compare RUN RUN...` and `ftune push RUN --repo ID`.
 
 `ftune runs` is one command whose first word may be `compare`: a Typer group cannot take both a folder argument
 and subcommands (the folder would swallow the subcommand's name), so the command reads its arguments itself.
@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftune.cli.common import Debug
+from ftune.cli.common import Debug, RunArg
 from ftune.errors import UsageError
 
 
@@ -50,3 +50,17 @@ def runs_command(
     else:
         console.result(f"no ftune runs under {root}")
 
+
+def push_command(
+    run: RunArg,
+    repo: Annotated[str, typer.Option("--repo", metavar="USER/NAME", help="The Hub model repo to upload to "
+                                      "(created if it does not exist).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be uploaded; send "
+                                          "nothing (works offline, without a token).")] = False,
+    debug: Debug = False,
+) -> None:
+    """Upload a finished run to the Hugging Face Hub: model or adapter, tokenizer, model card, ftune.yaml, results."""
+    from ftune.push import push_command as push
+
+    push(run, repo, private=private, dry_run=dry_run)
