@@ -41,7 +41,7 @@ class RunSummary:
     path: str
     name: str
     task: Optional[str]
-    model: Optional[str]
+    model: Optional[str]            # as given to --model, --data (the table shows a local path by its last part)
     method: Optional[str]           # "full" or "LoRA"
     data: Optional[str]
     held_out_rows: Optional[int]
@@ -107,8 +107,8 @@ def read_run(path: Path, root: Optional[Path] = None) -> RunSummary:
         value = _read_json(path / BEST_SO_FAR).get("metric")
     lora = saved.get("lora")
     return RunSummary(
-        path=str(path), name=_name(path, root), task=info.get("task"), model=_short(saved.get("model")),
-        method=None if lora is None else ("LoRA" if lora else "full"), data=_short(saved.get("data")),
+        path=str(path), name=_name(path, root), task=info.get("task"), model=saved.get("model"),
+        method=None if lora is None else ("LoRA" if lora else "full"), data=saved.get("data"),
         held_out_rows=split.get("rows"), main_metric=metric, value=value,
         train_seconds=train.get("wall_seconds", train.get("train_runtime")),
         created=info.get("created") or _marker_time(path), status=run_status(path),
@@ -219,7 +219,7 @@ def runs_table(runs: list[RunSummary], root: Path, sort: Optional[str] = None) -
     header += ["train time", "created", "status"]
     rows = []
     for run in runs:
-        row = [run.name, run.task or "?", run.model or "?", run.method or "?", run.data or "?",
+        row = [run.name, run.task or "?", _short(run.model) or "?", run.method or "?", _short(run.data) or "?",
                _cell(run.held_out_rows), (run.main_metric or "-").removeprefix("eval_"), _cell(run.value)]
         if key:
             row.append(_cell(run.metrics.get(key)))

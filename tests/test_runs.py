@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from ftune.folders import FolderLock, staging_path
 from tests.conftest import invoke, read_json
@@ -47,7 +48,8 @@ def test_every_run_is_listed_with_the_figures_of_its_files(root):
         assert run["metrics"] == results
         assert run["held_out_rows"] == read_json(folder / "split.json")["rows"] == 12
         assert run["train_seconds"] == read_json(folder / "train_results.json")["wall_seconds"]
-        assert run["model"] == "tiny-bert" and run["data"] == "sentiment.jsonl"
+        saved = yaml.safe_load((folder / "ftune.yaml").read_text())
+        assert run["model"] == saved["model"] and run["data"] == saved["data"]
         assert run["method"] == ("LoRA" if name == "sweep/lora" else "full")
     created = [r["created"] for r in listing(root)]
     assert created == sorted(created)  # oldest first
