@@ -183,3 +183,12 @@ def test_a_terminal_gets_one_bar_per_phase(tiny_bert, data, tmp_path):
     assert len([line for line in lines if line.startswith("eval  ")]) == len(evals) == 2
     assert "{'" not in screen and "Loading weights" not in screen and "Writing model shards" not in screen
     assert re.search(r"^held-out metrics \(12 rows\)$", screen, re.M) and lines[-1] == f"run saved to {out}"
+
+
+def test_predict_on_a_terminal_shows_its_bar_and_its_results_only(text_run):
+    run, _ = text_run
+    screen = terminal_screen([sys.executable, "-m", "ftune", "predict", str(run), "--text", "a great dog", "--text",
+                              "a bad cat"])
+    lines = screen.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("predicting") and "1/1 batches" in lines[0], screen
+    assert [json.loads(line)["text"] for line in lines[1:]] == ["a great dog", "a bad cat"]

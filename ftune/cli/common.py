@@ -84,8 +84,9 @@ def set_debug(debug: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # Loading-weights and download bars: ftune says what it loads itself.
+    # Loading-weights, download and datasets' map bars: ftune reports its phases itself (ftune.console).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import sys
     import warnings
 
@@ -93,3 +94,5 @@ def set_debug(debug: bool) -> None:
     if "transformers" in sys.modules:  # already imported (e.g. in a test process): tell it directly
         sys.modules["transformers"].utils.logging.set_verbosity_error()
         sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
