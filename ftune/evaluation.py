@@ -47,12 +47,12 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
         mark_output(target.path, "eval", run=str(run.path.resolve()))
     target.write_evaluation(evaluation)
     pictures = draw_pictures(target, task_pictures(task, config, run.state, evaluation))
-    console.info(console.metrics_table(evaluation.metrics, title=f"{described} ({len(rows):,} rows)"))
-    if evaluation.table:
-        console.info(evaluation.table)
-    console.info(f"wrote {target.path / EVAL_RESULTS} and {target.path / EVAL_PREDICTIONS}")
-    for picture in pictures:
-        console.info(f"drew {target.path / picture.file}")
+    closing = "\n".join([f"wrote {target.path / EVAL_RESULTS} and {target.path / EVAL_PREDICTIONS}",
+                         *(f"drew {target.path / picture.file}" for picture in pictures)])
+    console.final(console.metrics_table(evaluation.metrics, title=f"{described} ({len(rows):,} rows)"),
+                  details=evaluation.table, closing=closing, run=str(run.path), scored=described, rows=len(rows),
+                  metrics=evaluation.metrics, output_dir=str(target.path),
+                  pictures=[str(target.path / picture.file) for picture in pictures])
     return evaluation
 
 

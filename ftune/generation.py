@@ -113,6 +113,19 @@ def prompt_room(model, tokenizer, prompts: list[str], options: GenerationOptions
     return room
 
 
+def console_streamer(tokenizer):
+    """A transformers TextStreamer that prints the new text through ftune.console as it is generated."""
+    from transformers import TextStreamer
+
+    from ftune import console
+
+    class ConsoleStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            console.result_part(text, end=stream_end)
+
+    return ConsoleStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
 def apply_chat_template(tokenizer, prompts: list[str]) -> list[str]:
     """Each prompt as one user turn of a conversation, followed by the assistant's generation prompt."""
     if not getattr(tokenizer, "chat_template", None):

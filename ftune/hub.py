@@ -22,14 +22,18 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def hub_endpoint() -> str:
+    """The Hub ftune talks to: HF_ENDPOINT, read when needed (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
 def ensure_offline_if_unreachable(timeout: float = 2.0) -> bool:
     """Set HF_HUB_OFFLINE=1 when the Hub cannot be reached; returns whether ftune is offline."""
     global _checked
     if hub_offline() or _checked:
         return hub_offline()
     _checked = True
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
+    parsed = urlparse(hub_endpoint())
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):

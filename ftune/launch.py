@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from ftune.errors import UsageError
 
@@ -26,8 +27,10 @@ def inside_launch() -> bool:
     return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def maybe_relaunch(task_name: str, config, *, resume: bool, overwrite: bool, debug: bool) -> bool:
-    """Run the command on `config.num_processes` ranks and wait; False when this process should train itself."""
+def maybe_relaunch(task_name: str, config, *, resume: bool, overwrite: bool, debug: bool,
+                   extra_flags: Sequence[str] = ()) -> bool:
+    """Run the command on `config.num_processes` ranks and wait; False when this process should train itself.
+    `extra_flags` go on the ranks' command line (how they report, where rank 0 pushes the run)."""
     if inside_launch() or (config.num_processes <= 1 and not config.accelerate_config):
         return False
     import yaml
@@ -36,7 +39,7 @@ def maybe_relaunch(task_name: str, config, *, resume: bool, overwrite: bool, deb
         resolved = Path(scratch) / "config.yaml"
         resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         command = launcher_command(config) + ["-m", "ftune", task_name, "--config", str(resolved)]
-        command += ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * debug
+        command += ["--resume"] * resume + ["--overwrite"] * overwrite + ["--debug"] * debug + list(extra_flags)
         returncode = _run_filtered(command, _rank_environment(config.num_processes), debug)
     if returncode != 0:
         raise SystemExit(returncode)

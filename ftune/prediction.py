@@ -58,7 +58,7 @@ def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[
     model = load_run_model(run)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = inference_trainer(task, config, run.state, model, tokenizer, precision=run.precision,
-                                    batch_size=batch_size, scratch=scratch)
+                                    batch_size=batch_size, scratch=scratch, phase="predicting")
         results = task.predict(config, trainer, tokenizer, run.state, rows, names)
     write_predictions(results, output)
     return results

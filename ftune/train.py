@@ -14,7 +14,6 @@ Only rank 0 writes files and prints; every rank computes the same split from the
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,9 +102,13 @@ def prepare(task, config: TrainConfig) -> Prepared:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.lora:
         model = wrap_with_lora(model, config, task.peft_task_type)
+    with console.phase("tokenising", len(split.train) + len(split.eval), "rows") as tokenising:
+        train_features = task.features(config, tokenizer, split.train, state, purpose="train")
+        tokenising.advance(len(split.train))
+        eval_features = task.features(config, tokenizer, split.eval, state, purpose="eval")
+        tokenising.advance(len(split.eval))
     return Prepared(split=split, tokenizer=tokenizer, state=state, model=model, precision=precision,
-                    train_features=task.features(config, tokenizer, split.train, state, purpose="train"),
-                    eval_features=task.features(config, tokenizer, split.eval, state, purpose="eval"))
+                    train_features=train_features, eval_features=eval_features)
 
 
 # Options that do not change what a run learns: a resumed run may differ in them.
@@ -182,7 +185,7 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared) -> Path:
 
 def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepared, checkpoint, *,
            resume: bool) -> None:
-    from ftune.lora import trainable_summary
+    from ftune.progress import report_end, report_start
     from ftune.trainers import whole_run_train_loss
 
     started = time.time()
@@ -195,11 +198,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
                             prepared.precision, run_name=target.name)
     world = dist.world_size()
     effective = config.batch_size * config.grad_accum * world
-    console.info(f"ftune {task.name}: {config.model} on {config.data} — {len(split.train):,} train rows, "
-                 f"{len(split.eval):,} held-out rows ({split.record['method']}: {split.record['eval_split']})")
-    console.info(f"{'LoRA' if config.lora else 'full fine-tuning'}: {trainable_summary(prepared.model)}; precision "
-                 f"{prepared.precision}; effective batch {effective} = {config.batch_size} per device x {world} "
-                 f"process(es) x {config.grad_accum} accumulation; output {target}")
+    report_start(task, config, split, prepared.model, prepared.precision, world, target)
     if resume:
         console.info(f"resuming from {checkpoint.name}" if checkpoint else
                      "no complete checkpoint to resume from yet; starting the run from the beginning")
@@ -207,6 +206,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
 
     trainer.save_model(str(run.path))
     evaluation = score_held_out(task, config, trainer, prepared)
+    train_metrics = None
     if main:
         from ftune.modelcard import model_card
         from ftune.pictures import draw_pictures, learning_curves_picture, task_pictures
@@ -224,10 +224,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
         run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics, pictures))
         run.remove_checkpoints()
         run.write_train_results(train_metrics)  # last: marks the run finished
-    console.info(console.metrics_table(evaluation.metrics, title=f"held-out metrics ({len(split.eval):,} rows)"))
-    if evaluation.table:
-        console.info(evaluation.table)
-    console.info(f"run saved to {target}")
+    report_end(target, evaluation, len(split.eval), train_metrics)
 
 
 def score_held_out(task, config: TrainConfig, trainer, prepared: Prepared):
@@ -313,7 +310,7 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         # by the world size for tasks whose loss is already a mean (transformers issue 35078).
         average_tokens_across_devices=False,
         ddp_find_unused_parameters=False if dist.world_size() > 1 else None,
-        disable_tqdm=not dist.is_main_process() or not sys.stderr.isatty(),  # bars only for people
+        disable_tqdm=True,  # ftune.progress reports instead
         optim="adamw_torch_fused",  # one kernel over all parameters: on CPU too (4x faster steps, bench/)
         torch_compile=config.compile,
         **schedule,
@@ -328,7 +325,7 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
     if config.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     pad_multiple = 8 if on_gpu and precision in ("bf16", "fp16") else None  # tensor-core friendly shapes
-    return task.trainer_class()(
+    trainer = task.trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -339,3 +336,7 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         callbacks=callbacks,
         **task.trainer_kwargs(config, state),
     )
+    from ftune.progress import attach
+
+    attach(trainer, best_metric=best_metric, greater_is_better=greater_is_better)
+    return trainer

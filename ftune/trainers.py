@@ -191,8 +191,9 @@ def whole_run_train_loss(log_history: list[dict]) -> Optional[float]:
 
 
 def inference_trainer(task, config, state, model, tokenizer, *, precision: str, batch_size: Optional[int],
-                      scratch: str):
-    """The task's Trainer, used only to predict: the batching, precision and collation of training."""
+                      scratch: str, phase: str = "evaluating"):
+    """The task's Trainer, used only to predict: the batching, precision and collation of training. `phase` names
+    its progress bar."""
     import torch
 
     from ftune.precision import precision_arguments, scoring_precision
@@ -208,6 +209,10 @@ def inference_trainer(task, config, state, model, tokenizer, *, precision: str, 
         average_tokens_across_devices=False,  # else the loss is scaled by the world size (see ftune.train)
         **precision_arguments(precision),
     )
-    return task.trainer_class()(model=model, args=args, processing_class=tokenizer,
-                                data_collator=task.collator(config, tokenizer, model, None),
-                                **task.trainer_kwargs(config, state))
+    trainer = task.trainer_class()(model=model, args=args, processing_class=tokenizer,
+                                   data_collator=task.collator(config, tokenizer, model, None),
+                                   **task.trainer_kwargs(config, state))
+    from ftune.progress import attach
+
+    attach(trainer, scoring=phase)
+    return trainer

@@ -25,7 +25,8 @@ def runs(tmp_path_factory, tiny_bert):
                              "--batch-size", "8", *COMMON)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli_subprocess("classify", "--model", tiny_bert, "--data", data, "--output-dir", base / "two",
-                             "--batch-size", "4", "--num-processes", "2", "--report-to", "tensorboard", *COMMON)
+                             "--batch-size", "4", "--num-processes", "2", "--report-to", "tensorboard", *COMMON,
+                             "--log-format", "json")
     assert two.returncode == 0, two.stderr[-3000:]
     return base / "one", base / "two", two
 
@@ -39,9 +40,12 @@ def test_two_ranks_write_one_complete_run(runs):
     assert len(list((two / "logs" / "tensorboard").iterdir())) == 1  # rank 0 alone logs
     results = read_json(two / "train_results.json")
     assert results["world_size"] == 2 and results["effective_batch_size"] == 8
-    assert "effective batch 8 = 4 per device x 2 process(es)" in process.stdout
-    # printed once (rank 0 only)
-    assert process.stdout.count("held-out metrics") == 1
+    # The ranks report as the command asked (JSON), and only rank 0 reports.
+    events = [json.loads(line) for line in process.stdout.splitlines()]
+    start = [e for e in events if e["event"] == "start"]
+    assert len(start) == 1 and start[0]["processes"] == 2 and start[0]["effective_batch_size"] == 8
+    assert [e["event"] for e in events].count("end") == 1 and events[-1]["event"] == "end"
+    assert events[-1]["metrics"] == read_json(two / "eval_results.json")
 
 
 def test_same_held_out_rows_and_no_duplicates(runs):

@@ -122,6 +122,11 @@ def build_t5(folder: Path) -> Path:
     specials = ["<pad>", "</s>", "<unk>"]
     tok.train_from_iterator(corpus(), trainers.UnigramTrainer(vocab_size=300, special_tokens=specials,
                                                               unk_token="<unk>"))
+    # The trainer finds the same pieces every time but not the same scores (its sums run on threads), so the pieces
+    # are scored again, the same in every session: longer pieces first, which keeps whole words whole.
+    pieces = sorted(piece for piece in tok.get_vocab() if piece not in specials)
+    tok.model = models.Unigram([(piece, 0.0) for piece in specials] + [(p, len(p) - 10.0) for p in pieces],
+                               unk_id=specials.index("<unk>"))
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", eos)])

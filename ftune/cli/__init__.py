@@ -16,6 +16,7 @@ from ftune.cli.common import guarded, set_debug
 from ftune.cli.generate import generate_command
 from ftune.cli.recipes import recipes
 from ftune.cli.run_commands import eval_command, make_predict_command, merge_command
+from ftune.cli.runs import push_command, runs_command
 from ftune.cli.train_commands import make_train_command
 from ftune.tasks import all_tasks
 
@@ -50,6 +51,8 @@ COMMANDS = [
     ("predict", make_predict_command(_TASKS), "Use a run"),
     ("generate", generate_command, "Use a run"),
     ("merge", merge_command, "Use a run"),
+    ("runs", runs_command, "Runs"),
+    ("push", push_command, "Runs"),
     ("recipes", recipes, "Recipes"),
 ]
 for _name, _function, _panel in COMMANDS:

@@ -4,12 +4,18 @@ Errors become one line in one place. `guarded` wraps every command when it is re
 (UsageError) is `error: ...` and exit code 2, an interrupt says how to resume (130), anything else is one
 line and exit code 1 — with `--debug`, the traceback instead. `ftune.cli.main` turns the parser's own usage
 errors (an unknown flag, a value of the wrong type) into the same one line.
+
+`guarded` also sets how the command reports (ftune.console.session) from its `--quiet` and `--log-format`
+options. They are options of each command that prints progress (the training commands and `ftune eval`), as
+`--debug` is, so they go at the end of the command line one already has; commands whose output is a result
+(predict, generate, runs, push ...) do not take them.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +27,17 @@ from ftune.errors import RunFailed, UsageError
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.")]
 RunArg = Annotated[Path, typer.Argument(help="A run directory written by an ftune training command.")]
 
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors, warnings and the final table.")]
+LogFormatOption = Annotated[LogFormat, typer.Option(
+    "--log-format", help="text: bars on a terminal, plain lines elsewhere; json: one JSON object per event on "
+    "stdout (start, step, eval, end, note, warning).")]
+
 INTERRUPTED = 130
 
 
@@ -31,14 +48,16 @@ def guarded(command):
     def run(*args, **kwargs):
         debug = bool(kwargs.get("debug"))
         set_debug(debug)
-        try:
-            return command(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except BaseException as exc:  # noqa: BLE001 — the boundary where failures become one line
-            if debug or isinstance(exc, SystemExit):
+        log_format = kwargs.get("log_format") or LogFormat.text
+        with console.session(quiet=bool(kwargs.get("quiet")), log_format=LogFormat(log_format).value):
+            try:
+                return command(*args, **kwargs)
+            except typer.Exit:
                 raise
-            raise typer.Exit(report(exc)) from None
+            except BaseException as exc:  # noqa: BLE001 — the boundary where failures become one line
+                if debug or isinstance(exc, SystemExit):
+                    raise
+                raise typer.Exit(report(exc)) from None
 
     return run
 
@@ -65,8 +84,9 @@ def set_debug(debug: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # Loading-weights and download bars: ftune says what it loads itself.
+    # Loading-weights, download and datasets' map bars: ftune reports its phases itself (ftune.console).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import sys
     import warnings
 
@@ -74,3 +94,5 @@ def set_debug(debug: bool) -> None:
     if "transformers" in sys.modules:  # already imported (e.g. in a test process): tell it directly
         sys.modules["transformers"].utils.logging.set_verbosity_error()
         sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()

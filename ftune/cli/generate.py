@@ -57,9 +57,9 @@ def generate_command(
     streaming = stream and len(prompts) == 1 and num_return_sequences == 1 and num_beams == 1
     streamer = None
     if streaming:
-        from transformers import TextStreamer
+        from ftune.generation import console_streamer
 
-        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = console_streamer(tokenizer)
     texts = generate_texts(loaded, tokenizer, prompts, options, batch_size=batch_size, chat=chat,
                            streamer=streamer)
     rows = [{"prompt": p, "sequence": k, "generation": t} for p, ts in zip(prompts, texts) for k, t in enumerate(ts)]

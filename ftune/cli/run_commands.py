@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftune.cli.common import Debug, RunArg
+from ftune.cli.common import Debug, LogFormat, LogFormatOption, Quiet, RunArg
 
 
 def eval_command(
@@ -30,6 +30,8 @@ def eval_command(
                                                       "run's eval batch size).")] = None,
     max_eval_samples: Annotated[Optional[int], typer.Option("--max-eval-samples", min=1,
                                                             help="Score only the first N rows.")] = None,
+    quiet: Quiet = False,
+    log_format: LogFormatOption = LogFormat.text,
     debug: Debug = False,
 ) -> None:
     """Evaluate a run on the held-out split recorded at training time (or on --data/--split)."""

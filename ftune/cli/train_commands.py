@@ -15,7 +15,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ftune.cli.common import LogFormat
 from ftune.config import config_fields, default_of, parse_set_options, read_yaml_layer, resolve_config
+from ftune.errors import UsageError
 
 # Options that steer the run rather than configure it; they are not config keys.
 RUN_CONTROL = {
@@ -28,10 +30,21 @@ RUN_CONTROL = {
                                            "checkpoint in --output-dir.", rich_help_panel="Run")],
     "overwrite": Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --output-dir.",
                                               rich_help_panel="Run")],
+    "push_to_hub": Annotated[Optional[str], typer.Option("--push-to-hub", metavar="REPO", help="Upload the "
+                                                         "finished run to this Hub repo (USER/NAME), as ftune push "
+                                                         "does; checked before training.", rich_help_panel="Run")],
+    "private": Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo private.",
+                                            rich_help_panel="Run")],
+    "quiet": Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors, warnings and the final table.",
+                                          rich_help_panel="Run")],
+    "log_format": Annotated[LogFormat, typer.Option("--log-format", help="text: bars on a terminal, plain lines "
+                                                    "elsewhere; json: one JSON object per event on stdout.",
+                                                    rich_help_panel="Run")],
     "debug": Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.",
                                           rich_help_panel="Run")],
 }
-RUN_CONTROL_DEFAULTS = {"config": None, "set_": None, "resume": False, "overwrite": False, "debug": False}
+RUN_CONTROL_DEFAULTS = {"config": None, "set_": None, "resume": False, "overwrite": False, "push_to_hub": None,
+                        "private": False, "quiet": False, "log_format": LogFormat.text, "debug": False}
 
 
 def _flag_parameter(field, tp, options_class) -> inspect.Parameter:
@@ -74,14 +87,30 @@ def make_train_command(task):
         if control["resume"]:
             layers = _saved_config_layer(layers, control["overwrite"]) + layers
         config = resolve_config(task.options_class, layers=layers)
+        hub_target = None
+        if control["push_to_hub"]:
+            from ftune.push import hub_target_for
+
+            hub_target = hub_target_for(control["push_to_hub"], private=control["private"], flag="--push-to-hub")
+        elif control["private"]:
+            raise UsageError("--private applies to --push-to-hub REPO; add it or drop --private")
+        from ftune import console
         from ftune.launch import maybe_relaunch
 
+        # The ranks report as this process does, and rank 0 pushes once the run has finished.
+        rank_flags = console.command_line_flags()
+        if hub_target:
+            rank_flags += ["--push-to-hub", hub_target.repo] + ["--private"] * hub_target.private
         if maybe_relaunch(task.name, config, resume=control["resume"], overwrite=control["overwrite"],
-                          debug=control["debug"]):
+                          debug=control["debug"], extra_flags=rank_flags):
             return
         from ftune.train import run_training
 
-        run_training(task, config, resume=control["resume"], overwrite=control["overwrite"])
+        target = run_training(task, config, resume=control["resume"], overwrite=control["overwrite"])
+        if hub_target:
+            from ftune.push import push_finished_run
+
+            push_finished_run(target, hub_target)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}

@@ -18,6 +18,8 @@ TEACHER_FORCING_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask")
 
 
 class GenerationTrainer(FtuneTrainer):
+    generates = True  # its scoring phase is "generating" (ftune.progress)
+
     def __init__(self, *args, generation_kwargs: Optional[dict[str, Any]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_kwargs = dict(generation_kwargs or {})
