@@ -41,6 +41,7 @@ class ClassifyTask(Task):
     peft_model_class = "AutoPeftModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     main_metric = "f1"
+    reported_metrics = ("accuracy", "f1", "precision", "recall")
     predict_inputs = (PredictInput("texts", "--text", "Input text (repeatable)."),
                       PredictInput("text_pairs", "--text-pair", "Second text of a pair, one per --text."))
 

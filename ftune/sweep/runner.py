@@ -1,0 +1,528 @@
+"""`ftune sweep TASK`: a hyperparameter search on Optuna in which every trial is a complete ftune run.
+
+    check the sweep's options, search space and metric -> plan the sweep folder (checks only) -> a study that
+    already exists: check it was made by the same command -> the held-out split, made once, and every trial's
+    configuration checked                                                  [nothing on disk has changed yet]
+    -> claim the folder: split.json, sweep.yaml -> create or join the study -> mark failed the trials of dead
+    processes (--resume) -> N workers: ask a trial, run it in a process of its own (ftune.sweep.trials), tell the
+    outcome, rewrite trials.jsonl and best.yaml, drop the weights of trials that are not the best (--keep best)
+    -> the table and sweep.png
+
+The total counts trials that finish, complete or pruned, across every process working on the study; a failed trial's
+place is taken by a new one. A grid sweep runs each combination once, in the order listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from ftune import console
+from ftune.config import TrainConfig
+from ftune.errors import RunFailed, UsageError
+from ftune.sweep import study as studies
+from ftune.sweep.options import DEFAULT_TRIALS, RECIPE_FILE, SweepOptions
+from ftune.sweep.report import (BEST_FILE, PICTURE, TRIALS_FILE, best_recipe, draw, results_table, trial_rows,
+                                write_text, write_trials)
+from ftune.sweep.space import Param, build_space, describe, grid_points
+from ftune.sweep.trials import (drop_weights, log_file, run_trial_process, trial_config, trial_environment,
+                                trial_folder, visible_gpus)
+
+SWEEP_KIND = "sweep"            # the kind in the sweep folder's .ftune-output marker
+SPLIT_FILE = "split.json"
+LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae")
+INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM)
+
+
+@dataclass
+class Sweep:
+    """A sweep, resolved and checked: what every worker needs."""
+
+    task: Any
+    base: TrainConfig               # the options every trial shares
+    options: SweepOptions
+    space: list[Param]
+    metric: str                     # "eval_..."
+    direction: str
+    folder: Path
+    storage_url: str
+    study_name: str
+    target: int                     # trials that finish (complete or pruned)
+    grid: Optional[list[dict[str, Any]]] = None
+    held_out: dict[str, Any] = field(default_factory=dict)   # split.json
+
+    @property
+    def split_seed(self) -> int:
+        return self.base.seed if self.base.split_seed is None else self.base.split_seed
+
+    def trial_config(self, params: dict[str, Any], output_dir: Optional[Path]) -> TrainConfig:
+        fields = {p.field: params[p.key] for p in self.space if p.key in params}
+        return trial_config(self.task, self.base, fields, split_seed=self.split_seed, output_dir=output_dir)
+
+    def meta(self) -> dict[str, Any]:
+        """What the study records about the sweep, to refuse continuing or joining it with another command."""
+        from ftune.data import HELD_OUT_FIELDS
+        from ftune.train import NOT_RESULT_CHANGING
+
+        searched = {p.field for p in self.space}
+        skip = {*NOT_RESULT_CHANGING, *searched, "preprocessing_workers"}
+        held_out = None
+        if self.held_out:
+            rows = json.dumps({k: self.held_out.get(k) for k in HELD_OUT_FIELDS}, sort_keys=True)
+            held_out = hashlib.sha256(rows.encode()).hexdigest()
+        return {"task": self.task.name, "params": {p.key: p.spec for p in self.space}, "metric": self.metric,
+                "direction": self.direction, "sampler": self.options.sampler, "held_out": held_out,
+                "options": {k: v for k, v in self.base.to_dict().items() if k not in skip}}
+
+
+def run_sweep(task, config: TrainConfig, options: SweepOptions, *, resume: bool = False) -> Path:
+    """Run (or continue) the sweep and return its folder. Bad input is refused before anything on disk changes."""
+    studies.require_optuna()
+    sweep = resolve_sweep(task, config, options)
+    continuing = plan_sweep_folder(sweep.folder, resume)
+    storage = study = None
+    if continuing or options.storage:  # a study may exist already: it must be this sweep's
+        storage = studies.open_storage(sweep.storage_url)
+        study = studies.find_study(storage, sweep.study_name)
+        if study is not None:
+            check_study(sweep, study, resume)
+    sweep.held_out = make_held_out_split(sweep)
+    if continuing:
+        check_recorded_split(sweep)
+    if study is not None:
+        check_study(sweep, study, resume)  # now with the held-out rows
+    gpus = visible_gpus() if options.jobs > 1 else []
+    if gpus and options.jobs > len(gpus):
+        raise UsageError(f"--jobs {options.jobs} but {len(gpus)} GPU(s): a trial runs on a GPU of its own; pass --jobs "
+                         f"{len(gpus)} or less")
+
+    created = claim_sweep_folder(sweep, continuing)
+    try:
+        storage = storage or studies.open_storage(sweep.storage_url)
+        if study is None:
+            study, made = studies.create_study(storage, sweep.study_name, sweep.direction, sweep.meta())
+            if not made:
+                check_study(sweep, study, resume)
+    except UsageError:
+        if created:
+            shutil.rmtree(sweep.folder, ignore_errors=True)  # ours, made by this command a moment ago
+        raise
+    recover_orphans(study)
+    if sweep.grid:
+        enqueue_grid(study, sweep)
+    announce(sweep, study)
+    workers = Workers(sweep, storage, gpus)
+    try:
+        workers.run()
+    finally:
+        workers.refresh(draw_picture=True)
+    workers.summarise()
+    return sweep.folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks (nothing on disk changes)
+
+
+def resolve_sweep(task, config: TrainConfig, options: SweepOptions) -> Sweep:
+    """The sweep of a command: its space, metric, direction, folder, storage and total, each checked."""
+    space = build_space(task.options_class, options.params)
+    problems = []
+    if config.num_processes > 1 or config.accelerate_config:
+        problems.append("each trial runs as one process: drop --num-processes/--accelerate-config (run trials side "
+                        "by side with --jobs)")
+    if options.storage and not options.study_name:
+        problems.append("--storage needs --study-name, the same on every machine that works on the study")
+    grid = None
+    if options.sampler == "grid":
+        ranges = [p.key for p in space if p.choices is None]
+        if ranges:
+            problems.append(f"--sampler grid needs a list of choices for every parameter; {', '.join(ranges)} "
+                            "has a range")
+        else:
+            grid = grid_points(space)
+            if options.trials and options.trials > len(grid):
+                problems.append(f"the grid has {len(grid)} combinations; pass --trials {len(grid)} or less")
+    metric, direction = resolve_metric(task, config, options)
+    if problems:
+        raise UsageError("; ".join(problems))
+    folder = Path(config.output_dir) if config.output_dir else default_sweep_dir(task, config)
+    return Sweep(task=task, base=config.replace(output_dir=str(folder)), options=options, space=space,
+                 metric=metric, direction=direction, folder=folder,
+                 storage_url=options.storage or studies.default_storage_url(folder),
+                 study_name=options.study_name or folder.resolve().name,
+                 target=options.trials or (len(grid) if grid else DEFAULT_TRIALS), grid=grid)
+
+
+def resolve_metric(task, config: TrainConfig, options: SweepOptions) -> tuple[str, str]:
+    """("eval_NAME", "maximize"|"minimize"): the metric to optimise and its direction."""
+    main, greater = task.best_metric(config)
+    reported = task.metric_names(config)
+    name = (options.metric or main).removeprefix("eval_")
+    if name not in reported:
+        raise UsageError(f"--metric {options.metric}: ftune {task.name} runs report "
+                         f"{', '.join('eval_' + n for n in reported)}; pass one of them")
+    if options.direction:
+        return f"eval_{name}", options.direction
+    better = greater if name == main else name not in LOWER_IS_BETTER
+    return f"eval_{name}", "maximize" if better else "minimize"
+
+
+def default_sweep_dir(task, config: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"sweep-{task.name}-{task.model_source(config).display_name}-{stamp}"
+
+
+def plan_sweep_folder(folder: Path, resume: bool) -> bool:
+    """True when `folder` holds a sweep to continue, False for a new one; UsageError when it may not be used."""
+    from ftune.folders import output_kind, prepare_output_folder
+
+    prepare_output_folder(folder, SWEEP_KIND)
+    holds_sweep = output_kind(folder) == SWEEP_KIND
+    if holds_sweep and not resume:
+        raise UsageError(f"{folder} holds a sweep; pass --resume to continue it (a higher --trials adds trials) or "
+                         "choose another --output-dir")
+    return holds_sweep
+
+
+def check_study(sweep: Sweep, study, resume: bool) -> None:
+    """Refuse a study made by another command, or one with trials of dead processes of this machine without
+    --resume."""
+    differs = studies.study_differences(study, sweep.meta())
+    if differs:
+        raise UsageError(f"{'--resume would continue' if resume else 'this command would join'} the sweep "
+                         f"'{sweep.study_name}' with a different command: {'; '.join(differs)}; rerun with the "
+                         f"sweep's options (its sweep.yaml), or start a new sweep with another --output-dir"
+                         f"{' and --study-name' if sweep.options.storage else ''}")
+    orphans = studies.orphaned_trials(study)
+    if orphans and not resume:
+        worker = orphans[0].user_attrs[studies.WORKER_KEY]
+        raise UsageError(f"trial {orphans[0].number} was left running by a process that is gone (pid "
+                         f"{worker['pid']} on {worker['host']}); rerun with --resume to mark it failed and take its "
+                         "place")
+
+
+def make_held_out_split(sweep: Sweep) -> dict[str, Any]:
+    """The held-out split every trial scores, made once from the sweep's options (its data and rows checked), and
+    every trial configuration the space allows checked at its ends; returns its split.json record."""
+    from ftune.hub import ensure_offline_if_unreachable
+    from ftune.train import load_held_out_split
+
+    task, base = sweep.task, sweep.base
+    ensure_offline_if_unreachable()
+    task.model_source(base).require()
+    columns, split = load_held_out_split(task, base)
+    task.prepare_state(base, split, columns)
+    tokenizer = task.load_tokenizer(base)
+    lengths = set()
+    for param in sweep.space:
+        for value in param.values_to_check():
+            try:
+                config = sweep.trial_config({param.key: value}, output_dir=None)
+            except UsageError as exc:
+                raise UsageError(f"--param {param.key}={param.spec} allows {param.key}={value}, which is not valid "
+                                 f"here: {exc}") from None
+            lengths.add(config.max_length)
+    for length in sorted(lengths | {base.max_length}):
+        task.check_input_length(base.replace(max_length=length), tokenizer)
+    return split.record
+
+
+def check_recorded_split(sweep: Sweep) -> None:
+    from ftune.data import held_out_differences
+
+    recorded = sweep.folder / SPLIT_FILE
+    if not recorded.is_file():
+        return  # the sweep stopped before recording it: it is recorded now
+    differs = held_out_differences(sweep.held_out, json.loads(recorded.read_text()))
+    if differs:
+        raise UsageError(f"the held-out rows of {sweep.base.data} differ from the sweep's {recorded} "
+                         f"({'; '.join(differs)}); the data changed since the sweep began: restore it, or start a new "
+                         "sweep with another --output-dir")
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweep folder and the study
+
+
+def claim_sweep_folder(sweep: Sweep, continuing: bool) -> bool:
+    """Make the folder the sweep's (marker, split.json, sweep.yaml); True when this command created it."""
+    from ftune.folders import mark_output
+    from ftune.rundir import RunDir
+
+    created = not sweep.folder.exists()
+    if not continuing:
+        mark_output(sweep.folder, SWEEP_KIND, task=sweep.task.name)
+    run = RunDir(sweep.folder)
+    if not (sweep.folder / SPLIT_FILE).is_file():
+        run.write_json(SPLIT_FILE, sweep.held_out)
+    run.write_text(RECIPE_FILE, recipe_text(sweep))
+    return created
+
+
+def recipe_text(sweep: Sweep) -> str:
+    """sweep.yaml: the sweep's command as a recipe (its options, resolved, and its `sweep:` section)."""
+    import yaml
+
+    from ftune.config import RUN_INFO_KEY, SWEEP_KEY
+
+    options = sweep.options
+    section = {"params": {p.key: p.spec for p in sweep.space}, "trials": sweep.target, "metric": sweep.metric,
+               "direction": sweep.direction, "sampler": options.sampler, "pruner": options.pruner,
+               "jobs": options.jobs, "keep": options.keep, "timeout": options.timeout, "storage": options.storage,
+               "study_name": sweep.study_name}
+    header = (f"# ftune sweep {sweep.task.name} --config {sweep.folder / RECIPE_FILE}\n"
+              "# This sweep's command, resolved; in its folder, --resume continues it (a higher --trials adds "
+              "trials).\n")
+    body = {**sweep.base.to_dict(), SWEEP_KEY: {k: v for k, v in section.items() if v is not None},
+            RUN_INFO_KEY: {"task": sweep.task.name}}
+    return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+def recover_orphans(study) -> None:
+    """--resume: the trials left running by dead processes of this machine are marked failed (their places are
+    taken by new trials)."""
+    orphans = studies.orphaned_trials(study)
+    studies.fail_orphans(study, orphans)
+    for trial in orphans:
+        console.info(f"trial {trial.number} was interrupted: marked failed; a new trial takes its place")
+
+
+def enqueue_grid(study, sweep: Sweep) -> None:
+    """Queue, in order, the grid's first `target` combinations that are neither queued, run nor running (an
+    interrupted one is queued again)."""
+    present = {t.user_attrs[studies.GRID_KEY] for t in study.get_trials(deepcopy=False)
+               if studies.GRID_KEY in t.user_attrs and not studies.was_interrupted(t)}
+    for index, params in enumerate(sweep.grid[:sweep.target]):
+        if index not in present:
+            study.enqueue_trial(params, user_attrs={studies.GRID_KEY: index})
+
+
+def announce(sweep: Sweep, study) -> None:
+    from optuna.trial import TrialState
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    split = sweep.held_out
+    console.info(f"ftune sweep {sweep.task.name}: {sweep.target} trials ({done} finished) of {describe_space(sweep)}, "
+                 f"{sweep.direction} {sweep.metric}; sampler {sweep.options.sampler}, pruner {sweep.options.pruner}, "
+                 f"{sweep.options.jobs} at once")
+    console.info(f"every trial scores the same {split['rows']:,} held-out rows ({split['method']}: "
+                 f"{split['eval_split']}; {sweep.folder / SPLIT_FILE}); study '{sweep.study_name}' in "
+                 f"{studies.safe_url(sweep.storage_url)}")
+
+
+def describe_space(sweep: Sweep) -> str:
+    return " ".join(f"{p.key}={p.spec}" for p in sweep.space)
+
+
+# --------------------------------------------------------------------------------------------------
+# The workers
+
+
+class Workers:
+    """`--jobs` threads, each asking the study for a trial, running it in a process of its own and telling the
+    outcome, until the total is reached, the time is up, or something stops the sweep."""
+
+    def __init__(self, sweep: Sweep, storage, gpus: list[str]):
+        self.sweep, self.storage, self.gpus = sweep, storage, gpus
+        self.stop = threading.Event()
+        self.ask_lock = threading.Lock()      # one ask at a time in this process: no surplus trials here
+        self.write_lock = threading.Lock()    # one writer of trials.jsonl, best.yaml and the weights
+        self.processes: set = set()
+        self.failures = 0
+        self.problem: Optional[BaseException] = None
+        self.started = time.monotonic()
+
+    def load_study(self):
+        """A Study of this thread's own (its sampler is replaced per trial), on the shared storage."""
+        import optuna
+
+        return optuna.load_study(study_name=self.sweep.study_name, storage=self.storage,
+                                 sampler=studies.make_sampler(self.sweep.options.sampler, self.sweep.base.seed),
+                                 pruner=studies.make_pruner(self.sweep.options.pruner))
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._work, args=(slot,), name=f"sweep-{slot}", daemon=True)
+                   for slot in range(self.sweep.options.jobs)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        except KeyboardInterrupt:
+            self.stop.set()
+            for process in list(self.processes):
+                process.send_signal(signal.SIGINT)  # a trial stops as an interrupted run does
+            for thread in threads:
+                thread.join()
+            raise
+        if self.problem is not None:
+            raise self.problem
+
+    def _work(self, slot: int) -> None:
+        try:
+            study = self.load_study()
+            env = trial_environment(slot, self.sweep.options.jobs, self.gpus)
+            while not self.stop.is_set():
+                with self.ask_lock:
+                    asked = self._next_trial(study)
+                if asked is None:
+                    return
+                self._run(study, *asked, env)
+        except BaseException as exc:  # noqa: BLE001 — a worker's failure stops the sweep and is reported once
+            if self.problem is None:
+                self.problem = exc
+            self.stop.set()
+
+    def _next_trial(self, study):
+        """(trial, params) for the next trial to run, or None when there is none to run."""
+        from optuna.trial import TrialState
+
+        sweep = self.sweep
+        timeout = sweep.options.timeout
+        if timeout and time.monotonic() - self.started >= timeout:
+            return None
+        trials = study.get_trials(deepcopy=False)
+        if sweep.grid and not any(t.state == TrialState.WAITING for t in trials):
+            return None
+        if not sweep.grid and _places(trials) >= sweep.target:
+            return None
+        trial = study.ask()
+        surplus = (studies.GRID_KEY not in trial.user_attrs) if sweep.grid else \
+            _places(study.get_trials(deepcopy=False), before=trial.number) >= sweep.target
+        if surplus:  # another process took the last place a moment ago
+            trial.set_user_attr(studies.SURPLUS_KEY, True)
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+        trial.set_user_attr(studies.WORKER_KEY, studies.this_worker())
+        if not sweep.grid:
+            study.sampler = studies.make_sampler(sweep.options.sampler, studies.trial_seed(sweep.base.seed,
+                                                                                           trial.number))
+        return trial, {p.key: suggest(trial, p) for p in sweep.space}
+
+    def _run(self, study, trial, params: dict[str, Any], env: dict[str, str]) -> None:
+        sweep = self.sweep
+        folder = trial_folder(sweep.folder, trial.number)
+        config = sweep.trial_config(params, output_dir=folder)
+        console.info(f"trial {trial.number}: {describe(params)}")
+        spec = {"task": sweep.task.name, "config": config.to_dict(), "held_out": sweep.held_out,
+                "metric": sweep.metric}
+
+        def report(evaluation: int, value: float) -> bool:
+            trial.report(value, evaluation)
+            return trial.should_prune()
+
+        log = log_file(sweep.folder, trial.number)
+        outcome = run_trial_process(spec, log=log, env=env, report=report, processes=self.processes)
+        with self.write_lock:
+            self._tell(study, trial, params, outcome, log)
+            self._refresh(study)
+
+    def _tell(self, study, trial, params: dict[str, Any], outcome, log: Path) -> None:
+        from optuna.trial import TrialState
+
+        number, metric = trial.number, self.sweep.metric
+        if outcome.finished and outcome.pruned_at is not None:
+            trial.set_user_attr(studies.PRUNED_AT_KEY, outcome.pruned_at)
+            told = study.tell(trial, state=TrialState.PRUNED)
+            console.info(f"trial {number} pruned at evaluation {outcome.pruned_at}: {metric} {told.value:.4f}")
+            return
+        if outcome.finished and outcome.value is not None:
+            study.tell(trial, outcome.value)
+            console.info(f"trial {number} complete: {metric} {outcome.value:.4f}")
+            return
+        error = outcome.error or f"its process ended with exit code {outcome.returncode}"
+        interrupted = outcome.returncode in INTERRUPTED_CODES or self.stop.is_set() and outcome.returncode < 0
+        if not interrupted:
+            trial.set_user_attr(studies.FAILURE_KEY, error)
+        study.tell(trial, state=TrialState.FAIL)
+        if interrupted:
+            self.stop.set()
+            return
+        if outcome.returncode == UsageError.exit_code:
+            self.problem = self.problem or UsageError(f"trial {number} ({describe(params)}): {error}")
+            self.stop.set()
+            return
+        self.failures += 1
+        console.warn(f"trial {number} failed: {error} (see {log}); a new trial takes its place")
+        if self.failures >= self.sweep.target:
+            self.problem = self.problem or RunFailed(f"{self.failures} trials failed, the last one: trial {number}: "
+                                                     f"{error}; see {log}")
+            self.stop.set()
+
+    def refresh(self, *, draw_picture: bool = False) -> None:
+        """Rewrite trials.jsonl and best.yaml (and sweep.png) from the study."""
+        study = self.load_study()
+        with self.write_lock:
+            rows = self._refresh(study)
+        if draw_picture and rows:
+            draw(self.sweep.folder / PICTURE, rows, self.sweep.space, self.sweep.metric, self.sweep.direction)
+
+    def _refresh(self, study) -> list[dict[str, Any]]:
+        sweep = self.sweep
+        best = best_trial(study)
+        if best is not None:
+            config = sweep.trial_config(best.params, output_dir=None)
+            write_text(sweep.folder / BEST_FILE, best_recipe(sweep.task.name, config.to_dict(), sweep.folder,
+                                                             best.number, sweep.metric, best.value))
+        rows = trial_rows(study.get_trials(deepcopy=False), sweep.folder, sweep.space)
+        if sweep.options.keep == "best":
+            # Only after the new best has been told: at every moment the best trial has its weights.
+            for row in rows:
+                if row["weights"] and (best is None or row["number"] != best.number):
+                    drop_weights(trial_folder(sweep.folder, row["number"]))
+                    row["weights"] = False
+        write_trials(sweep.folder, rows)
+        return rows
+
+    def summarise(self) -> None:
+        sweep = self.sweep
+        study = self.load_study()
+        rows = trial_rows(study.get_trials(deepcopy=False), sweep.folder, sweep.space)
+        best = best_trial(study)
+        console.info(results_table(rows, sweep.space, sweep.metric, best.number if best else None))
+        written = [TRIALS_FILE, BEST_FILE if best else None, PICTURE if (sweep.folder / PICTURE).is_file() else None]
+        console.info(f"wrote {', '.join(str(sweep.folder / name) for name in written if name)}")
+        if best is None:
+            console.info("no trial completed")
+            return
+        run = trial_folder(sweep.folder, best.number)
+        console.info(f"best: trial {best.number} ({describe(best.params)}), {sweep.metric} {best.value:.4f} — a "
+                     "validation figure: it chose the trial")
+        console.info(f"score it on rows no trial saw: ftune eval {run} --data DATA --split test; retrain it: ftune "
+                     f"{sweep.task.name} --config {sweep.folder / BEST_FILE} --output-dir NEW_DIR")
+
+
+def suggest(trial, param: Param) -> Any:
+    """The trial's value of `param` (the enqueued one in a grid sweep)."""
+    if param.choices is not None:
+        return trial.suggest_categorical(param.key, list(param.choices))
+    if param.integer:
+        return trial.suggest_int(param.key, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(param.key, param.low, param.high, log=param.log)
+
+
+def best_trial(study):
+    """The best complete trial, or None."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    return study.best_trial
+
+
+def _places(trials: list, before: Optional[int] = None) -> int:
+    """Trials that take a place in the total: complete, pruned or running (failed ones are replaced)."""
+    from optuna.trial import TrialState
+
+    taking = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return sum(1 for t in trials if t.state in taking and (before is None or t.number < before))
