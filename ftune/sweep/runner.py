@@ -32,7 +32,7 @@ from ftune.sweep import study as studies
 from ftune.sweep.options import DEFAULT_TRIALS, RECIPE_FILE, SweepOptions
 from ftune.sweep.report import (BEST_FILE, PICTURE, TRIALS_FILE, best_recipe, draw, results_table, trial_rows,
                                 write_text, write_trials)
-from ftune.sweep.space import Param, build_space, describe, grid_points
+from ftune.sweep.space import Param, build_space, describe, format_value, grid_points
 from ftune.sweep.trials import (drop_weights, log_file, run_trial_process, trial_config, trial_environment,
                                 trial_folder, visible_gpus)
 
@@ -222,17 +222,16 @@ def make_held_out_split(sweep: Sweep) -> dict[str, Any]:
     columns, split = load_held_out_split(task, base)
     task.prepare_state(base, split, columns)
     tokenizer = task.load_tokenizer(base)
-    lengths = set()
+    task.check_input_length(base, tokenizer)
     for param in sweep.space:
         for value in param.values_to_check():
             try:
                 config = sweep.trial_config({param.key: value}, output_dir=None)
+                if config.max_length != base.max_length:
+                    task.check_input_length(config, tokenizer)
             except UsageError as exc:
-                raise UsageError(f"--param {param.key}={param.spec} allows {param.key}={value}, which is not valid "
-                                 f"here: {exc}") from None
-            lengths.add(config.max_length)
-    for length in sorted(lengths | {base.max_length}):
-        task.check_input_length(base.replace(max_length=length), tokenizer)
+                raise UsageError(f"--param {param.key}={param.spec} allows {param.key}={format_value(value)}, which "
+                                 f"is not valid here: {exc}") from None
     return split.record
 
 

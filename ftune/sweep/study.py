@@ -28,6 +28,7 @@ FAILURE_KEY = "failure"           # why a trial failed (the trial's error line);
 SURPLUS_KEY = "surplus"           # a trial asked for when the total was already reached: never run
 GRID_KEY = "grid_point"           # an enqueued combination of a grid sweep
 SQLITE_TIMEOUT_S = 60             # how long a writer waits for another process's lock on a shared SQLite study
+SCHEMA_RACE_ATTEMPTS = 5
 
 
 def require_optuna():
@@ -49,10 +50,20 @@ def default_storage_url(sweep_dir: Path) -> str:
 def open_storage(url: str):
     """Optuna's RDB storage at `url`, or UsageError saying why it cannot be opened."""
     from optuna.storages import RDBStorage
+    from sqlalchemy.exc import IntegrityError
 
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     try:
-        return RDBStorage(url, engine_kwargs=engine)
+        for attempt in range(SCHEMA_RACE_ATTEMPTS):
+            try:
+                return RDBStorage(url, engine_kwargs=engine)
+            except Exception as exc:
+                # Processes that open a new database at the same moment race to create its tables and version row;
+                # the loser finds them made (or a duplicate key), and opening again succeeds.
+                lost_race = isinstance(exc, IntegrityError) or "already exists" in str(exc)
+                if not lost_race or attempt == SCHEMA_RACE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ModuleNotFoundError as exc:
         raise UsageError(f"--storage {safe_url(url)} needs the Python package '{exc.name}', which is not installed; "
                          f"install it (e.g. pip install psycopg2-binary for postgresql://)") from None
@@ -115,9 +126,10 @@ def study_differences(study, meta: dict[str, Any]) -> list[str]:
         if old.get(key) != new.get(key):
             differs.append(f"--param {key} (sweep: {old.get(key, 'not searched')}, now: "
                            f"{new.get(key, 'not searched')})")
+    searched = {key.replace("-", "_") for key in [*recorded.get("params", {}), *meta["params"]]}
     old, new = recorded.get("options", {}), meta["options"]
     for key in dict.fromkeys([*old, *new]):
-        if old.get(key) != new.get(key):
+        if key not in searched and old.get(key) != new.get(key):
             differs.append(f"{key} (sweep: {old.get(key)!r}, now: {new.get(key)!r})")
     if recorded.get("held_out") != meta["held_out"] and meta["held_out"] is not None:
         differs.append("data (the held-out rows differ from the sweep's split.json)")
