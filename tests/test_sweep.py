@@ -11,12 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from tests.conftest import ROOT, invoke, read_json, read_jsonl
 from tests.test_classify import sentiment_rows, write_jsonl
-
-optuna = pytest.importorskip("optuna")
 
 KILL = ROOT / "tests" / "helpers" / "kill_during_sweep.py"
 # Tiny trials: 6 steps, an evaluation (and a checkpoint) every 2, 12 held-out rows.

@@ -11,11 +11,9 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, invoke, read_jsonl
+from tests.test_classify import sentiment_rows, write_jsonl
 from tests.test_errors import assert_usage_error, tree_digest
 from tests.test_sweep import TRAIN, load_study
-from tests.test_classify import sentiment_rows, write_jsonl
-
-pytest.importorskip("optuna")
 
 
 @pytest.fixture(scope="module")

@@ -112,8 +112,8 @@ def run_sweep(task, config: TrainConfig, options: SweepOptions, *, resume: bool 
             if not made:
                 check_study(sweep, study, resume)
     except UsageError:
-        if created:
-            shutil.rmtree(sweep.folder, ignore_errors=True)  # ours, made by this command a moment ago
+        if not continuing:
+            unclaim(sweep.folder, created)
         raise
     recover_orphans(study)
     if sweep.grid:
@@ -265,6 +265,15 @@ def claim_sweep_folder(sweep: Sweep, continuing: bool) -> bool:
         run.write_json(SPLIT_FILE, sweep.held_out)
     run.write_text(RECIPE_FILE, recipe_text(sweep))
     return created
+
+
+def unclaim(folder: Path, created: bool) -> None:
+    """Undo `claim_sweep_folder` of a new sweep: the folder was new or empty, so all it holds is this command's."""
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in folder.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def recipe_text(sweep: Sweep) -> str:
