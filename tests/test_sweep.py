@@ -176,27 +176,30 @@ def _status(pid: int) -> str:
         return "zombie"
 
 
-def test_pruning_stops_a_hopeless_trial(tiny_bert, data, tmp_path, ftune):
+def test_pruning_stops_a_hopeless_trial_but_never_a_finished_one(tiny_bert, data, tmp_path, ftune):
     out = tmp_path / "sweep"
-    # A grid runs its combinations in the order listed: two sensible learning rates, then one far too high (its loss
-    # jumps, though it stays finite). From the third trial on, the median rule compares each evaluation with the
-    # finished trials' at the same evaluation.
+    # A grid runs its combinations in the order listed: a sensible learning rate for 6 steps and for 2, then one far
+    # too high (its loss jumps, though it stays finite) for 6 steps and for 2. From the third trial on, the median
+    # rule compares each evaluation with the finished trials' at the same evaluation (one every 2 steps).
     result = ftune("sweep", "classify", "--model", tiny_bert, "--data", data, "--output-dir", out, *TRAIN,
-                   "--param", "lr=1e-2,5e-3,0.5", "--sampler", "grid", "--metric", "loss")
+                   "--param", "lr=1e-2,0.5", "--param", "max-steps=6,2", "--sampler", "grid", "--metric", "loss")
     assert result.exit_code == 0, result
     study = load_study(out)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
-    assert [t.params["lr"] for t in study.trials] == [1e-2, 5e-3, 0.5]
+    assert [(t.params["lr"], t.params["max-steps"]) for t in study.trials] == [(1e-2, 6), (1e-2, 2), (0.5, 6),
+                                                                                (0.5, 2)]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
+    median = sum(t.intermediate_values[1] for t in study.trials[:2]) / 2  # of the two trials finished first
     hopeless = study.trials[2]
-    assert hopeless.intermediate_values.keys() == {1}  # stopped at its first evaluation
-    finished = [t.intermediate_values[1] for t in study.trials[:2]]
-    assert hopeless.intermediate_values[1] > sum(finished) / 2  # worse than the median of the finished trials
+    assert hopeless.intermediate_values == {1: hopeless.value} and hopeless.value > median
     run = out / "trial-002"
-    assert read_json(run / "trainer_state.json")["global_step"] == 2  # of 6
+    assert read_json(run / "trainer_state.json")["global_step"] == 2  # of 6: stopped at its first evaluation
     assert (run / "train_results.json").is_file()  # a pruned trial still leaves a complete run
     row = read_jsonl(out / "trials.jsonl")[2]
     assert row["state"] == "pruned" and row["pruned_at_evaluation"] == 1 and row["value"] == hopeless.value
     assert "trial 2 pruned at evaluation 1" in result.stdout
+    # The last trial is as hopeless, but its only evaluation is its last: the run has ended, so it is complete.
+    short = study.trials[3]
+    assert list(short.intermediate_values) == [1] and short.intermediate_values[1] > median
 
 
 def test_jobs_run_distinct_trials_at_once(tiny_bert, data, tmp_path, ftune):

@@ -20,8 +20,8 @@ from ftune.sweep.trials import CONTINUE, PRUNE
 
 
 class ReportEvaluations(TrainerCallback):
-    """Sends each evaluation's figure to the sweep and stops training when the sweep answers that the trial is
-    pruned (the run then finishes with the best checkpoint it has)."""
+    """Sends each evaluation's figure to the sweep (and whether it is the run's last) and stops training when the
+    sweep answers that the trial is pruned (the run then finishes with the best checkpoint it has)."""
 
     def __init__(self, metric: str, reports: TextIO, answers: TextIO):
         self.metric, self.reports, self.answers = metric, reports, answers
@@ -33,7 +33,8 @@ class ReportEvaluations(TrainerCallback):
             raise UsageError(f"the runs report no {self.metric} (they report {', '.join(sorted(metrics))}); pass one "
                              "of those to --metric")
         self.evaluations += 1
-        self.reports.write(json.dumps({"evaluation": self.evaluations, "step": state.global_step,
+        last = state.global_step >= state.max_steps  # the run ends here anyway: nothing to stop
+        self.reports.write(json.dumps({"evaluation": self.evaluations, "step": state.global_step, "last": last,
                                        "value": float(metrics[self.metric])}) + "\n")
         self.reports.flush()
         answer = self.answers.readline().strip()

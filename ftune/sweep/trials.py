@@ -68,7 +68,7 @@ class Outcome:
 
 
 def run_trial_process(spec: dict[str, Any], *, log: Path, env: dict[str, str], report, processes: set) -> Outcome:
-    """Start the trial process with `spec`, answer its evaluations with `report(evaluation, value) -> bool (prune)`,
+    """Start the trial process with `spec`, answer its evaluations with `report(evaluation, value, last) -> prune?`,
     wait for it and read its outcome. `processes` holds the live trial processes (for an interrupt)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe()
@@ -83,7 +83,7 @@ def run_trial_process(spec: dict[str, Any], *, log: Path, env: dict[str, str], r
         with os.fdopen(read_end, "r") as evaluations:
             for line in evaluations:
                 message = json.loads(line)
-                prune = report(message["evaluation"], message["value"])
+                prune = report(message["evaluation"], message["value"], message["last"])
                 if prune and pruned_at is None:
                     pruned_at = message["evaluation"]
                 _send(process, PRUNE if prune else CONTINUE)

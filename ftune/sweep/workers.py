@@ -113,9 +113,9 @@ class Workers:
         spec = {"task": sweep.task.name, "config": config.to_dict(), "held_out": sweep.held_out,
                 "metric": sweep.metric}
 
-        def report(evaluation: int, value: float) -> bool:
+        def report(evaluation: int, value: float, last: bool) -> bool:
             trial.report(value, evaluation)
-            return trial.should_prune()
+            return not last and trial.should_prune()  # a trial at its last evaluation has finished: not pruned
 
         log = log_file(sweep.folder, trial.number)
         outcome = run_trial_process(spec, log=log, env=env, report=report, processes=self.processes)
