@@ -106,19 +106,28 @@ class Workers:
         return trial, {p.key: suggest(trial, p) for p in sweep.space}
 
     def _run(self, study, trial, params: dict[str, Any], env: dict[str, str]) -> None:
+        from optuna.trial import TrialState
+
         sweep = self.sweep
-        folder = trial_folder(sweep.folder, trial.number)
-        config = sweep.trial_config(params, output_dir=folder)
-        console.info(f"trial {trial.number}: {describe(params)}")
-        spec = {"task": sweep.task.name, "config": config.to_dict(), "held_out": sweep.held_out,
-                "metric": sweep.metric}
+        log = log_file(sweep.folder, trial.number)
 
         def report(evaluation: int, value: float, last: bool) -> bool:
             trial.report(value, evaluation)
             return not last and trial.should_prune()  # a trial at its last evaluation has finished: not pruned
 
-        log = log_file(sweep.folder, trial.number)
-        outcome = run_trial_process(spec, log=log, env=env, report=report, processes=self.processes)
+        try:
+            config = sweep.trial_config(params, output_dir=trial_folder(sweep.folder, trial.number))
+            console.info(f"trial {trial.number}: {describe(params)}")
+            spec = {"task": sweep.task.name, "config": config.to_dict(), "held_out": sweep.held_out,
+                    "metric": sweep.metric}
+            outcome = run_trial_process(spec, log=log, env=env, report=report, processes=self.processes)
+        except Exception as exc:  # the trial never ran to its end: it fails, with the reason, and the sweep stops
+            with self.write_lock:
+                trial.set_user_attr(studies.FAILURE_KEY, " ".join(str(exc).split()) or type(exc).__name__)
+                study.tell(trial, state=TrialState.FAIL)
+            if isinstance(exc, UsageError):
+                raise UsageError(f"trial {trial.number} ({describe(params)}): {exc}") from None
+            raise
         with self.write_lock:
             self._tell(study, trial, params, outcome, log)
             self._refresh(study)
