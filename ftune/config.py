@@ -75,6 +75,9 @@ class TrainConfig:
                                            "for reruns on the same data and options).", panel="Data", min=1)
     output_dir: Optional[str] = option(None, "Run directory (default: runs/<task>-<model>-<time>).",
                                        panel="Output", short="-o")
+    report_to: Optional[list[str]] = option(None, "Experiment trackers that get the training logs, comma-separated: "
+                                                  "tensorboard, trackio, mlflow, wandb, or none (the default); "
+                                                  "their files go under RUN/logs.", panel="Output")
 
     lora: bool = option(False, "Train a LoRA adapter instead of all weights.", panel="LoRA")
     lora_r: int = option(8, "LoRA rank.", panel="LoRA", min=1)
@@ -99,6 +102,8 @@ class TrainConfig:
                                              "at the end with --max-steps).", min=1)
     early_stopping: Optional[int] = option(None, "Stop after PATIENCE evaluations without improvement of the "
                                                  "main metric.", min=1)
+    checkpoint_minutes: float = option(10.0, "Write a resumable checkpoint at an evaluation once this many minutes "
+                                             "have passed since the last (0: at every evaluation).", min=0.0)
     group_by_length: bool = option(True, "Batch examples of similar length together (less padding, faster).")
     logging_steps: int = option(10, "Log the training loss every N steps.", min=1)
 
@@ -135,6 +140,10 @@ class TrainConfig:
             problem = config_problem(self.accelerate_config)
             if problem:
                 problems.append(problem)
+        if self.report_to:
+            from ftune.tracking import problems as tracker_problems
+
+            problems += tracker_problems(self.report_to)
         return problems + self.task_options.check(self)
 
     @property

@@ -269,8 +269,10 @@ def tokenize_rows(rows, encode: Callable, config, *, desc: str, **kwargs):
 
 
 def column_list(ds, column: str) -> list[Any]:
-    """A column's values as a Python list, read column-wise (datasets' own `ds[column]` iterates row by row)."""
-    return ds.with_format("arrow")[column].to_pylist()
+    """A column's values as a Python list, read column-wise (datasets' own `ds[column]` iterates row by row);
+    values stored encoded (e.g. a column of mixed types, kept as JSON text) are decoded as datasets would."""
+    values = ds.with_format("arrow")[column].to_pylist()
+    return ds.features.decode_column(values, column)
 
 
 def row_ids(rows, positions: Iterable[int]) -> list[Any]:

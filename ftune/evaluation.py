@@ -16,6 +16,7 @@ from ftune import console
 from ftune.errors import UsageError
 from ftune.folders import mark_output, prepare_output_folder
 from ftune.hub import ensure_offline_if_unreachable
+from ftune.pictures import draw_pictures, task_pictures
 from ftune.rundir import EVAL_PREDICTIONS, EVAL_RESULTS, RunDir, open_run
 
 
@@ -45,10 +46,13 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
     if target.path.resolve() != run.path.resolve():
         mark_output(target.path, "eval", run=str(run.path.resolve()))
     target.write_evaluation(evaluation)
+    pictures = draw_pictures(target, task_pictures(task, config, run.state, evaluation))
     console.info(console.metrics_table(evaluation.metrics, title=f"{described} ({len(rows):,} rows)"))
     if evaluation.table:
         console.info(evaluation.table)
     console.info(f"wrote {target.path / EVAL_RESULTS} and {target.path / EVAL_PREDICTIONS}")
+    for picture in pictures:
+        console.info(f"drew {target.path / picture.file}")
     return evaluation
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ftune import __version__
 from ftune.console import format_value
 
 
 def model_card(path: Path, task, config, state: dict[str, Any], split: dict[str, Any],
-               metrics: dict[str, Any]) -> str:
-    """The text of the run's README.md."""
+               metrics: dict[str, Any], pictures: Sequence = ()) -> str:
+    """The text of the run's README.md; `pictures` (ftune.pictures.Picture) are shown below the metrics."""
     method = (f"LoRA (r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
               f"targets={','.join(config.lora_targets) if config.lora_targets else 'default for the architecture'})"
               if config.lora else "full fine-tuning")
@@ -22,7 +22,9 @@ def model_card(path: Path, task, config, state: dict[str, Any], split: dict[str,
     length = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs:g} epochs"
     merge = f", `ftune merge {path} --output-dir MERGED`" if config.lora else ""
     labels = state.get("labels")
-    label_line = f"- **Labels:** {', '.join(map(str, labels))}\n" if labels else ""
+    facts = [f"**Labels:** {', '.join(map(str, labels))}"] if labels else []
+    facts += task.model_card_facts(config, state)
+    fact_lines = "".join(f"- {fact}\n" for fact in facts)
     text = f"""---
 library_name: {'peft' if config.lora else 'transformers'}
 base_model: {config.model}
@@ -38,7 +40,7 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 - **Method:** {method}
 - **Data:** `{config.data}`{f' (configuration `{config.data_config}`)' if config.data_config else ''}; trained on
   {split.get('train_rows')} rows; held out: {held_out}, {split.get('rows')} rows
-{label_line}- **Training:** {length}, learning rate {config.learning_rate:g}, batch size {config.batch_size} x \
+{fact_lines}- **Training:** {length}, learning rate {config.learning_rate:g}, batch size {config.batch_size} x \
 {config.grad_accum} accumulation, seed {config.seed}
 
 ## Held-out metrics
@@ -46,7 +48,7 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 | metric | value |
 |---|---|
 {rows}
-
+{_pictures_section(pictures)}
 ## Use
 
 ```python
@@ -54,6 +56,25 @@ Fine-tuned with [ftune](https://pypi.org/project/ftune/) {__version__}: `ftune {
 ```
 
 Or with ftune: `ftune eval {path}`, `ftune predict {path} ...`{merge}.
-The full configuration is in `ftune.yaml`; the held-out rows are recorded in `split.json`.
+The full configuration is in `ftune.yaml`; the held-out rows are recorded in `split.json`.{_logs_line(config)}
 """
     return text
+
+
+def _logs_line(config) -> str:
+    """Where the experiment trackers' files are (--report-to)."""
+    from ftune.tracking import trackers
+
+    names = trackers(config.report_to)
+    if not names:
+        return ""
+    view = ": `tensorboard --logdir logs`" if "tensorboard" in names else ""
+    return f"\nThe training logs of {', '.join(names)} are under `logs/`{view}."
+
+
+def _pictures_section(pictures: Sequence) -> str:
+    """The run's pictures, linked relative to the card so they show wherever the run folder goes."""
+    if not pictures:
+        return ""
+    shown = "\n\n".join(f"![{p.caption}]({p.file})" for p in pictures)
+    return f"\n## Pictures\n\n{shown}\n"

@@ -25,6 +25,7 @@ EVAL_RESULTS = "eval_results.json"
 EVAL_PREDICTIONS = "eval_predictions.jsonl"
 EVAL_DETAILS = "eval_details.json"
 MODEL_CARD = "README.md"
+LOGS_FOLDER = "logs"                       # the experiment trackers' files (--report-to)
 
 
 @dataclass
@@ -34,9 +35,12 @@ class RunDir:
     path: Path
 
     def remove_checkpoints(self) -> None:
-        """A finished run keeps only its final model: checkpoints are for resuming interrupted runs."""
+        """A finished run keeps only its final model: checkpoints (and the best model kept while training) are for
+        resuming interrupted runs."""
         for checkpoint in checkpoints(self.path):
             shutil.rmtree(checkpoint, ignore_errors=True)
+        for folder in ("best-model", "best-model.tmp"):
+            shutil.rmtree(self.path / folder, ignore_errors=True)
 
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
@@ -79,6 +83,18 @@ class RunDir:
         self.write_jsonl(EVAL_PREDICTIONS, evaluation.predictions)
         if evaluation.details:
             self.write_json(EVAL_DETAILS, evaluation.details)
+
+    def write_picture(self, name: str, figure) -> Path:
+        """A matplotlib Figure as a PNG (learning_curves.png, confusion_matrix.png, ...)."""
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        try:
+            figure.savefig(tmp, format="png")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(target)
+        return target
 
     def write_model_card(self, text: str) -> None:
         self.write_text(MODEL_CARD, text)

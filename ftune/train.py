@@ -3,8 +3,9 @@
     plan the run folder (checks only) -> load data -> columns -> held-out split -> tokenizer
     -> the task's checks and state -> model (+ LoRA) -> features        [nothing on disk has changed yet]
     -> claim the folder (the target, or a staging folder under --overwrite) -> ftune.yaml, split.json
-    -> Trainer -> train (complete checkpoints marked) -> save model -> score the held-out split
-    -> eval_results.json, eval_predictions.jsonl -> model card -> trainer_state.json
+    -> Trainer (trackers log under RUN/logs) -> train (complete checkpoints marked) -> save model
+    -> score the held-out split -> eval_results.json, eval_predictions.jsonl -> trainer_state.json
+    -> pictures (learning curves, the task's own) -> model card
     -> train_results.json (written last: the run is finished) -> staging swapped into place
 
 Only rank 0 writes files and prints; every rank computes the same split from the same seed.
@@ -43,8 +44,10 @@ def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: 
     start when the data gives other held-out rows. `callbacks`: Trainer callbacks the caller adds.
     """
     from ftune.folders import plan_run_folder
+    from ftune.tracking import require_installed
 
     ensure_offline_if_unreachable()  # before transformers/datasets are imported: they read it once
+    require_installed(config.report_to)
     if not config.output_dir:
         config = config.replace(output_dir=dist.broadcast_object(default_output_dir(task, config)))
     task.model_source(config).require()
@@ -123,7 +126,7 @@ def load_held_out_split(task, config: TrainConfig):
 
 
 # Options that do not change what a run learns: a resumed run may differ in them.
-NOT_RESULT_CHANGING = ("output_dir", "logging_steps", "eval_batch_size")
+NOT_RESULT_CHANGING = ("output_dir", "logging_steps", "eval_batch_size", "report_to")
 
 
 def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Prepared) -> None:
@@ -158,6 +161,8 @@ def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Pre
 
 def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Sequence[Any]) -> Path:
     from ftune.folders import FolderLock, claim, drop_torn_checkpoints, last_complete_checkpoint, swap_into_place
+    from ftune.rundir import LOGS_FOLDER
+    from ftune.tracking import logs_in
 
     main = dist.is_main_process()
     lock = FolderLock(plan.workdir)
@@ -173,7 +178,8 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Se
         if main and checkpoint is None:
             run.write_config(task.name, config, prepared.state, prepared.precision)
             run.write_split(prepared.split.record)
-        _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume, callbacks=callbacks)
+        with logs_in(plan.workdir / LOGS_FOLDER, config.report_to):  # trackers write into the run while it trains
+            _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume, callbacks=callbacks)
         if main:
             lock.release()
             if plan.staged:
@@ -203,7 +209,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     trainer = build_trainer(task, config, state, run.path, prepared.model, tokenizer, prepared.train_features,
                             eval_inputs, task.metrics_function(config, tokenizer, state, split.eval,
                                                                prepared.eval_features, eval_order),
-                            prepared.precision, callbacks)
+                            prepared.precision, run_name=target.name, extra_callbacks=callbacks)
     world = dist.world_size()
     effective = config.batch_size * config.grad_accum * world
     console.info(f"ftune {task.name}: {config.model} on {config.data} — {len(split.train):,} train rows, "
@@ -217,10 +223,10 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     trainer.save_model(str(run.path))
-    evaluation = task.evaluate(config, trainer, tokenizer, state, split.eval, split.eval_ids,
-                               features=prepared.eval_features)
+    evaluation = score_held_out(task, config, trainer, prepared)
     if main:
         from ftune.modelcard import model_card
+        from ftune.pictures import draw_pictures, learning_curves_picture, task_pictures
 
         run.write_evaluation(evaluation)
         trainer.save_state()
@@ -230,7 +236,9 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
             train_metrics["train_loss"] = whole_run
         train_metrics.update({"train_samples": len(split.train), "effective_batch_size": effective,
                               "world_size": world, "wall_seconds": round(time.time() - started, 1)})
-        run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics))
+        pictures = draw_pictures(run, [learning_curves_picture(trainer.state.log_history, *task.best_metric(config)),
+                                       *task_pictures(task, config, state, evaluation)])
+        run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics, pictures))
         run.remove_checkpoints()
         run.write_train_results(train_metrics)  # last: marks the run finished
     console.info(console.metrics_table(evaluation.metrics, title=f"held-out metrics ({len(split.eval):,} rows)"))
@@ -239,17 +247,54 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     console.info(f"run saved to {target}")
 
 
+def score_held_out(task, config: TrainConfig, trainer, prepared: Prepared):
+    """The final figures: the trained model scored on the held-out rows as `ftune eval` scores them (in the
+    scoring precision, ftune.precision.scoring_precision), so they are reproducible row for row."""
+    import tempfile
+
+    from ftune.trainers import inference_trainer
+
+    # Without the mixed-precision wrapper accelerate put around forward during training.
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    with tempfile.TemporaryDirectory(prefix="ftune-score-") as scratch:
+        scorer = inference_trainer(task, config, prepared.state, model, prepared.tokenizer,
+                                   precision=prepared.precision, batch_size=None, scratch=scratch)
+        return task.evaluate(config, scorer, prepared.tokenizer, prepared.state, prepared.split.eval,
+                             prepared.split.eval_ids, features=prepared.eval_features)
+
+
+BEST_MODEL_FOLDER = "best-model"
+
+
+def sharded_training(config: TrainConfig) -> bool:
+    """Whether the weights are sharded over processes (an FSDP or DeepSpeed accelerate config)."""
+    if not config.accelerate_config:
+        return False
+    import yaml
+
+    from ftune.accelerate_configs import config_path
+
+    data = yaml.safe_load(config_path(config.accelerate_config).read_text()) or {}
+    return data.get("distributed_type") in ("FSDP", "DEEPSPEED")
+
+
 def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: Path, model, tokenizer, train_ds,
-                  eval_ds, compute_metrics, precision: str, extra_callbacks: Sequence[Any] = ()):
+                  eval_ds, compute_metrics, precision: str, run_name: Optional[str] = None,
+                  extra_callbacks: Sequence[Any] = ()):
     """The task's Trainer with ftune's defaults: dynamic padding, length-grouped batches, evaluation and a
-    checkpoint every epoch, the best model by the task's main metric kept at the end."""
+    checkpoint every epoch, the best model by the task's main metric kept at the end; `run_name` names the run
+    in the experiment trackers."""
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments
 
     from ftune.precision import precision_arguments
+    from ftune.tracking import tracker_arguments
 
     on_gpu = torch.cuda.is_available()
     best_metric, greater_is_better = task.best_metric(config)
+    # ftune keeps the best weights itself (BestModel), so checkpoints are only for resuming and can be rare; with
+    # sharded weights (FSDP, DeepSpeed) the Trainer's own way: a checkpoint at every evaluation, the best reloaded.
+    keeps_best = not sharded_training(config)
     if config.eval_steps:
         schedule = {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": config.eval_steps,
                     "save_steps": config.eval_steps}
@@ -273,13 +318,13 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         data_seed=config.seed,
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        save_total_limit=2,  # the best and the latest: enough to resume and to restore the best
-        load_best_model_at_end=True,
+        save_total_limit=1 if keeps_best else 2,  # the latest (and the best, when checkpoints keep it)
+        load_best_model_at_end=not keeps_best,
         metric_for_best_model=best_metric,
         greater_is_better=greater_is_better,
         activation_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        report_to="none",
+        **tracker_arguments(config.report_to, run_name or output_dir.name),
         use_cpu=not on_gpu,
         tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
         # Each rank's loss is its own mean; averaging token counts across ranks would scale the logged loss
@@ -287,14 +332,18 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
         average_tokens_across_devices=False,
         ddp_find_unused_parameters=False if dist.world_size() > 1 else None,
         disable_tqdm=not dist.is_main_process() or not sys.stderr.isatty(),  # bars only for people
-        optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        optim="adamw_torch_fused",  # one kernel over all parameters: on CPU too (4x faster steps, bench/)
         torch_compile=config.compile,
         **schedule,
         **precision_arguments(precision),
     )
-    from ftune.trainers import CheckpointMarker, LogEveryCheckpoint
+    from ftune.trainers import BestModel, CheckpointMarker, LogEveryCheckpoint, ThrottledCheckpoints
 
-    callbacks = [CheckpointMarker(), LogEveryCheckpoint(), *extra_callbacks]
+    callbacks = [CheckpointMarker(), LogEveryCheckpoint()]
+    if keeps_best:
+        callbacks += [BestModel(output_dir / BEST_MODEL_FOLDER, best_metric, greater_is_better),
+                      ThrottledCheckpoints(config.checkpoint_minutes)]
+    callbacks += extra_callbacks
     if config.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     pad_multiple = 8 if on_gpu and precision in ("bf16", "fp16") else None  # tensor-core friendly shapes

@@ -22,6 +22,13 @@ from ftune.errors import RunFailed
 class FtuneTrainer(Trainer):
     """Trainer with in-order evaluation that stops at the first non-finite training loss."""
 
+    # The classification, QA and seq2seq heads return a mean over their own batch, so the loss must be divided by
+    # the accumulation steps. transformers would not divide when a model's forward takes **kwargs and the batch has
+    # labels (it reads that as "normalised by num_items_in_batch"): --grad-accum N multiplied the classify and
+    # summarize losses and gradients by N (tests/test_summarize.py). The
+    # causal-LM trainer leaves the decision to transformers: those models do normalise by the token count.
+    loss_is_scaled_for_ga = False
+
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
             return None  # as the base Trainer: with several ranks accelerate shards the rows in order
@@ -68,6 +75,111 @@ class LogEveryCheckpoint(TrainerCallback):
         return control
 
 
+class ThrottledCheckpoints(TrainerCallback):
+    """Resumable checkpoints at evaluations, but at most one every `minutes` of training (0: at every evaluation),
+    and none at the last step, where the finished model is saved anyway. A kill loses at most that much time; a
+    short run spends none of it writing optimizer states."""
+
+    def __init__(self, minutes: float):
+        self.seconds = 60 * minutes
+        self.last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self.last = time.monotonic()
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._throttle(state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        return self._throttle(state, control)
+
+    def _throttle(self, state, control):
+        import time
+
+        if not control.should_save:
+            return control
+        if state.global_step >= state.max_steps or time.monotonic() - self.last < self.seconds:
+            control.should_save = False
+        else:
+            self.last = time.monotonic()
+        return control
+
+
+class BestModel(TrainerCallback):
+    """Keeps the best model by the main metric in `folder` (its trainable weights, written when an evaluation beats
+    the best so far) and puts it back into the model when training ends. Checkpoints are then only for resuming;
+    the record survives a kill and is dropped on resume when it is from after the checkpoint resumed from."""
+
+    RECORD = "best.json"
+    WEIGHTS = "model.safetensors"
+
+    def __init__(self, folder: Path, metric: str, greater_is_better: bool):
+        self.folder, self.metric, self.greater = Path(folder), metric, greater_is_better
+        self.best: Optional[float] = None
+
+    def _record(self) -> Optional[dict]:
+        import json
+
+        path = self.folder / self.RECORD
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import shutil
+
+        record = self._record()
+        if record is not None and record["step"] > state.global_step:
+            if state.is_world_process_zero:
+                shutil.rmtree(self.folder)  # from after the checkpoint this run resumes from: it will be redone
+            record = None
+        self.best = record["metric"] if record else None
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        value = (metrics or {}).get(f"eval_{self.metric}")
+        if value is None or model is None:
+            return control
+        if self.best is not None and not (value > self.best if self.greater else value < self.best):
+            return control
+        self.best = value
+        if state.is_world_process_zero:
+            self._write(model, state.global_step, value)
+        return control
+
+    def _write(self, model, step: int, value: float) -> None:
+        import json
+        import shutil
+
+        from safetensors.torch import save_file
+
+        tmp = self.folder.with_name(self.folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        save_file(weights, str(tmp / self.WEIGHTS))
+        (tmp / self.RECORD).write_text(json.dumps({"step": step, "metric": value}) + "\n")
+        shutil.rmtree(self.folder, ignore_errors=True)
+        tmp.rename(self.folder)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        from ftune import distributed as dist
+
+        dist.wait_for_everyone()  # the main process wrote the weights every rank reads
+        record = self._record()
+        if record is None or model is None or record["step"] == state.global_step:
+            return control  # the model in hand is the best one
+        from safetensors.torch import load_file
+
+        best = load_file(str(self.folder / self.WEIGHTS))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in best.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        return control
+
+
 def whole_run_train_loss(log_history: list[dict]) -> Optional[float]:
     """The mean training loss over every step of the run: each logged loss weighs the steps since the last."""
     total, previous = 0.0, 0
@@ -85,15 +197,17 @@ def inference_trainer(task, config, state, model, tokenizer, *, precision: str, 
 
     from ftune.precision import precision_arguments
 
+    from ftune.precision import scoring_precision
+
     on_gpu = torch.cuda.is_available()
-    if precision in ("bf16", "fp16") and not on_gpu:
-        precision = "fp32" if precision == "fp16" else precision
+    precision = scoring_precision(precision)
     args = TrainingArguments(
         output_dir=scratch,
         per_device_eval_batch_size=batch_size or config.eval_batch_size or 2 * config.batch_size,
         report_to="none",
         use_cpu=not on_gpu,
         disable_tqdm=True,
+        average_tokens_across_devices=False,  # else the loss is scaled by the world size (see ftune.train)
         **precision_arguments(precision),
     )
     return task.trainer_class()(model=model, args=args, processing_class=tokenizer,

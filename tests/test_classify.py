@@ -59,7 +59,8 @@ def test_full_run_writes_the_run_directory(full_run):
     names = {p.name for p in full_run.iterdir()}
     expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "ftune.yaml",
                 "split.json", "train_results.json", "trainer_state.json", "eval_results.json",
-                "eval_predictions.jsonl", "eval_details.json", "README.md"}
+                "eval_predictions.jsonl", "eval_details.json", "README.md", "learning_curves.png",
+                "confusion_matrix.png"}
     assert expected <= names
     assert not [n for n in names if n.startswith("checkpoint-") or n == ".ftune.lock"]
     metrics = read_json(full_run / "eval_results.json")
@@ -235,7 +236,7 @@ def test_interrupted_run_is_resumable(tiny_bert, sentiment_file, ftune, tmp_path
 
     out = tmp_path / "run"
     args = ["classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", out, "--max-steps", "6",
-            "--eval-steps", "3", "--batch-size", "8"]
+            "--eval-steps", "3", "--checkpoint-minutes", "0", "--batch-size", "8"]
     monkeypatch.setattr(spine, "build_trainer", build_with_interrupt)
     interrupted = ftune(*args)
     assert interrupted.exit_code == 130 and "--resume" in interrupted.stderr

@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-HEAVY = ("torch", "transformers", "peft", "datasets", "evaluate", "accelerate")
+HEAVY = ("torch", "transformers", "peft", "datasets", "evaluate", "accelerate", "matplotlib", "tensorboard")
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["classify", "--help"], ["eval", "--help"], ["recipes"]])

@@ -24,8 +24,13 @@ def test_precision_on_cpu(monkeypatch):
 
     from ftune.precision import resolve_precision
 
+    import ftune.precision
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ftune.precision, "cpu_has_bf16_matrix_units", lambda: False)
     assert resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(ftune.precision, "cpu_has_bf16_matrix_units", lambda: True)
+    assert resolve_precision("auto") == "bf16"  # AMX: bf16 matrix products, fp32 weights
     assert resolve_precision("bf16") == "bf16"  # CPU autocast supports bf16
     with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16")

@@ -150,8 +150,10 @@ def test_plain_text_is_packed_and_learned(ftune, tiny_gpt2, lm_data, tmp_path):
     run = tmp_path / "run"
     train(ftune, "--model", tiny_gpt2, "--data", lm_data["text"], "--block-size", "64", "--output-dir", run)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "ftune.yaml", "split.json",
-                 "train_results.json", "eval_results.json", "eval_predictions.jsonl", "README.md"):
+                 "train_results.json", "eval_results.json", "eval_predictions.jsonl", "README.md",
+                 "learning_curves.png"):
         assert (run / name).is_file(), name
+    assert "](learning_curves.png)" in (run / "README.md").read_text()
     metrics = assert_learned(run)
     predictions = read_jsonl(run / "eval_predictions.jsonl")
     assert len(predictions) == metrics["eval_blocks"]

@@ -258,7 +258,7 @@ def test_train_eval_predict_through_the_cli(ftune, tiny_bert, tmp_path, squad_me
     assert trained.exit_code == 0, trained
     for name in ("model.safetensors", "config.json", "tokenizer.json", "ftune.yaml", "split.json",
                  "train_results.json", "trainer_state.json", "eval_results.json", "eval_predictions.jsonl",
-                 "README.md"):
+                 "README.md", "learning_curves.png"):
         assert (run / name).is_file(), name
     results = read_json(run / "eval_results.json")
     assert {"eval_exact_match", "eval_f1", "eval_HasAns_exact", "eval_HasAns_f1", "eval_HasAns_total",
@@ -348,3 +348,4 @@ def test_bad_input_is_one_line_with_exit_code_2(ftune, tiny_bert, tmp_path):
                    "--output-dir", tmp_path / "c")
     assert result.exit_code == 2 and "no value in column 'context'" in result.stderr, result
     assert not (tmp_path / "c" / "train_results.json").exists()
+

@@ -16,8 +16,8 @@ from tests.conftest import ROOT, invoke, read_json, run_cli_subprocess
 from tests.test_classify import sentiment_rows, write_jsonl
 
 KILL = ROOT / "tests" / "helpers" / "kill_during_run.py"
-ARGS = ["--max-steps", "8", "--eval-steps", "2", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32",
-        "--logging-steps", "1"]
+ARGS = ["--max-steps", "8", "--eval-steps", "2", "--checkpoint-minutes", "0", "--batch-size", "8", "--lr", "3e-3",
+        "--max-length", "32", "--logging-steps", "1"]
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -119,7 +119,8 @@ def test_a_diverging_loss_stops_at_once_and_keeps_the_checkpoints(tiny_bert, tmp
     data = write_jsonl(tmp_path / "data.jsonl", sentiment_rows(64))
     run = tmp_path / "run"
     result = invoke("classify", "--model", tiny_bert, "--data", data, "--output-dir", run, "--max-steps", "60",
-                    "--eval-steps", "1", "--batch-size", "8", "--lr", "1e12", "--max-length", "32")
+                    "--eval-steps", "1", "--checkpoint-minutes", "0", "--batch-size", "8", "--lr", "1e12",
+                    "--max-length", "32")
     assert result.exit_code == 1, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the training loss is") and "lower --lr" in lines[0]
@@ -132,8 +133,8 @@ def test_a_diverging_loss_stops_at_once_and_keeps_the_checkpoints(tiny_bert, tmp
 def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tiny_bert, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", sentiment_rows(32))
     run = tmp_path / "run"
-    command = ["classify", "--model", tiny_bert, "--data", data, "--output-dir", run, "--max-steps", "2",
-               "--batch-size", "8"]
+    command = ["classify", "--model", tiny_bert, "--data", data, "--output-dir", run, "--max-steps", "4",
+               "--batch-size", "8", "--checkpoint-minutes", "0"]
     killed("after-checkpoint", 2, *command, "--eval-steps", "2")  # leaves a lock file behind
     assert (run / ".ftune.lock").is_file()
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -152,3 +153,29 @@ def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tiny_bert, tmp_path):
     resumed = invoke(*command, "--eval-steps", "2", "--resume")  # the lock of a dead process is taken over
     assert resumed.exit_code == 0, resumed
     assert json.loads((run / "train_results.json").read_text())["train_samples"] > 0
+
+
+def test_the_best_model_is_kept_and_restored_and_a_later_record_is_dropped_on_resume(tmp_path):
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from ftune.trainers import BestModel
+
+    model = torch.nn.Linear(2, 2)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    keeper, control = BestModel(tmp_path / "best-model", "f1", greater_is_better=True), TrainerControl()
+    state = TrainerState()
+    keeper.on_train_begin(args, state, control)
+    for step, f1 in ((2, 0.5), (4, 0.9), (6, 0.7)):
+        state.global_step = step
+        with torch.no_grad():
+            model.weight.fill_(step)
+        keeper.on_evaluate(args, state, control, metrics={"eval_f1": f1}, model=model)
+    keeper.on_train_end(args, state, control, model=model)
+    assert torch.all(model.weight == 4)  # the weights of the best evaluation (step 4), not the last
+    assert json.loads((tmp_path / "best-model" / "best.json").read_text()) == {"step": 4, "metric": 0.9}
+
+    resumed = BestModel(tmp_path / "best-model", "f1", greater_is_better=True)
+    state.global_step = 2  # resuming from checkpoint-2: the record from step 4 is redone, not trusted
+    resumed.on_train_begin(args, state, control)
+    assert resumed.best is None and not (tmp_path / "best-model").exists()

@@ -1,5 +1,5 @@
-"""What ftune does for speed must not change results: packed SFT batches give the padded batches' loss with zero
-pad tokens, length-sorted evaluation returns every row to its place, and tokenised features are cached."""
+"""What ftune does for speed must not change results: packed SFT batches give the padded batches' loss with
+less padding, length-sorted evaluation returns every row to its place, and tokenised features are cached."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
             for _ in range(n)]
 
 
-def test_packed_batches_have_no_padding_and_the_padded_loss(tiny_gpt2):
+def test_packed_batches_have_less_padding_and_the_padded_loss(tiny_gpt2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
@@ -32,14 +32,17 @@ def test_packed_batches_have_no_padding_and_the_padded_loss(tiny_gpt2):
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
     assert keeps_examples_apart(model)
     features = []
-    for row in sft_rows(8):
+    for row in sft_rows(16):
         ids, labels = encode_completion(tokenizer, row["prompt"], row["completion"], 128)
         features.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
-    packed = packing_collator(model)([dict(f) for f in features])
+    packed = packing_collator(model, tokenizer)([dict(f) for f in features])
     padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)([dict(f) for f in features])
-    assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features))  # zero pad tokens
+    real = sum(len(f["input_ids"]) for f in features)
+    assert packed["input_ids"].shape[0] < len(features)  # several examples per row
+    assert packed["input_ids"].shape[1] == max(len(f["input_ids"]) for f in features)
     assert "attention_mask" not in packed and packed["position_ids"][0, 0] == 0
-    assert padded["input_ids"].numel() > packed["input_ids"].numel()
+    assert packed["input_ids"].numel() - real < padded["input_ids"].numel() - real  # less padding than padded
+    assert (packed["labels"] != -100).sum() == (padded["labels"] != -100).sum()  # the same tokens are learned
     with torch.no_grad():
         packed_loss = model(**packed).loss.item()
         padded_loss = model(**padded).loss.item()
@@ -52,10 +55,10 @@ def test_packing_trains_and_can_be_turned_off(tiny_gpt2, tmp_path):
     common = ["lm", "--model", tiny_gpt2, "--data", data, "--max-steps", "3", "--batch-size", "8"]
     packed = invoke(*common, "--output-dir", tmp_path / "packed")
     assert packed.exit_code == 0, packed
-    assert "packing: each training batch is one padding-free row" in packed.stdout
+    assert "packing: each training batch is packed into rows" in packed.stdout
     padded = invoke(*common, "--output-dir", tmp_path / "padded", "--no-packing")
     assert padded.exit_code == 0, padded
-    assert "padding-free row" not in padded.stdout
+    assert "packed into rows" not in padded.stdout
     # The same examples in the same batches: the first logged loss is the same (dropout aside it is one step).
     first = [read_json(tmp_path / name / "trainer_state.json")["log_history"][0]["loss"]
              for name in ("packed", "padded")]

@@ -76,7 +76,7 @@ def test_t5_run_writes_the_run_directory(t5_run):
     names = {p.name for p in t5_run.path.iterdir()}
     expected = {"config.json", "model.safetensors", "tokenizer.json", "ftune.yaml", "split.json",
                 "train_results.json", "trainer_state.json", "eval_results.json", "eval_predictions.jsonl",
-                "README.md"}
+                "README.md", "learning_curves.png"}
     assert expected <= names
     assert not [n for n in names if n.startswith("checkpoint-") or n == ".ftune.lock"]
     metrics = read_json(t5_run.path / "eval_results.json")
@@ -253,3 +253,16 @@ def test_summarize_recipes_resolve():
         assert config.data and config.model
     lora = read_yaml_layer(recipes_dir() / "summarize-t5-small-lora.yaml")
     assert lora["lora"] is True
+
+
+def test_gradient_accumulation_does_not_scale_the_loss(ftune, tiny_t5, docs_file, tmp_path):
+    """The seq2seq loss is a mean over its batch: 2 x 4 accumulated rows log the loss of 8 rows, not twice it
+    (transformers would not divide, reading the model's **kwargs as a token-count normalisation)."""
+    losses = []
+    for name, batch in (("one", ["--batch-size", "8"]), ("accumulated", ["--batch-size", "4", "--grad-accum", "2"])):
+        result = ftune("summarize", "--model", tiny_t5, "--data", docs_file, "--output-dir", tmp_path / name,
+                       "--max-steps", "1", "--max-length", "16", "--max-target-length", "8", "--logging-steps", "1",
+                       "--no-group-by-length", *batch)
+        assert result.exit_code == 0, result
+        losses.append(read_json(tmp_path / name / "trainer_state.json")["log_history"][0]["loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=0.25)  # dropout differs; a doubled loss would not pass

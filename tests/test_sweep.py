@@ -134,7 +134,9 @@ def test_the_best_trial_evaluates_and_predicts_like_any_run(sweep, ftune, tmp_pa
 
 def test_kill_9_then_resume_keeps_finished_trials_and_reaches_the_total(sweep, tiny_bert, data, tmp_path):
     out = tmp_path / "sweep"
-    command = sweep_command(tiny_bert, data, out, "--trials", "3", "--seed", "42", "--keep", "all")
+    # The module's sweep with every trial's weights kept, and a checkpoint at each evaluation to be killed after.
+    command = sweep_command(tiny_bert, data, out, "--trials", "3", "--seed", "42", "--keep", "all",
+                            "--checkpoint-minutes", "0")
     killed = subprocess.run([sys.executable, str(KILL), "1", *map(str, command)], capture_output=True, text=True,
                             cwd=ROOT, timeout=900)
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -156,7 +158,7 @@ def test_kill_9_then_resume_keeps_finished_trials_and_reaches_the_total(sweep, t
     assert [(r["number"], r["state"]) for r in rows] == [(0, "complete"), (1, "failed"), (2, "complete"),
                                                          (3, "complete")]
     assert rows[1]["error"] == "interrupted"
-    # The same command proposes the same parameters: trials 0-2 here are those of the module's sweep.
+    # The same search proposes the same parameters: trials 0-2 here are those of the module's sweep.
     first = {r["number"]: r["params"] for r in read_jsonl(sweep[0] / "trials.jsonl")}
     assert all(r["params"] == first[r["number"]] for r in rows if r["number"] in first)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from ftune import console
 from ftune.console import table
 from ftune.rundir import write_jsonl
 from ftune.sweep.space import Param, format_value
@@ -82,27 +83,38 @@ def results_table(rows: list[dict[str, Any]], space: list[Param], metric: str, b
     return table(header, body, title=f"trials ({metric} on the held-out rows of split.json; * the best)")
 
 
-def draw(path: Path, rows: list[dict[str, Any]], space: list[Param], metric: str, direction: str) -> bool:
-    """sweep.png: the optimisation history, and each parameter against the metric. False without matplotlib."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def draw(sweep_dir: Path, rows: list[dict[str, Any]], space: list[Param], metric: str, direction: str) -> bool:
+    """Write sweep.png; a picture that cannot be drawn costs a warning line, never the sweep."""
+    from ftune.rundir import RunDir
 
+    try:
+        RunDir(Path(sweep_dir)).write_picture(PICTURE, sweep_figure(rows, space, metric, direction))
+    except Exception as exc:  # noqa: BLE001 — as with a run's pictures
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        console.warn(f"could not draw {PICTURE} ({type(exc).__name__}: {text}); the sweep itself is not affected")
+        return False
+    return True
+
+
+def sweep_figure(rows: list[dict[str, Any]], space: list[Param], metric: str, direction: str):
+    """The optimisation history, then each parameter against the metric (pruned trials in grey)."""
+    import logging
+    import os
+
+    from matplotlib.figure import Figure
+
+    from ftune.pictures import DPI
+
+    if not os.environ.get("FTUNE_DEBUG"):
+        logging.getLogger("matplotlib").setLevel(logging.ERROR)
     scored = [r for r in rows if r["value"] is not None]
     panels = 1 + len(space)
-    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6), squeeze=False)
-    _history(axes[0][0], scored, metric, direction)
-    for axis, param in zip(axes[0][1:], space):
+    figure = Figure(figsize=(4.2 * panels, 3.6), dpi=DPI, layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    _history(axes[0], scored, metric, direction)
+    for axis, param in zip(axes[1:], space):
         _against(axis, scored, param, metric)
-    figure.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(path)
-    return True
+    return figure
 
 
 def _history(axis, rows: list[dict[str, Any]], metric: str, direction: str) -> None:

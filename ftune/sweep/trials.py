@@ -145,25 +145,20 @@ def has_weights(folder: Path) -> bool:
 
 
 def drop_weights(folder: Path) -> bool:
-    """Remove the weights ftune wrote into a trial's run folder (and the checkpoints of an interrupted one); the
-    configuration, split, metrics, predictions and model card stay. Only a run folder of ftune's that no process
-    holds is touched. True when something was removed."""
-    import shutil
-
-    from ftune.folders import checkpoints
+    """Remove the weights ftune wrote into a trial's run folder (and what an interrupted one kept for resuming:
+    checkpoints, the best model so far); the configuration, split, metrics, predictions and model card stay. Only a
+    run folder of ftune's that no process holds is touched. True when something was removed."""
+    from ftune.rundir import RunDir
 
     folder = Path(folder)
     if not is_run_folder(folder) or lock_holder(folder):
         return False
-    removed = False
-    for pattern in WEIGHT_PATTERNS:
-        for path in folder.glob(pattern):
-            path.unlink()
-            removed = True
-    for checkpoint in checkpoints(folder):
-        shutil.rmtree(checkpoint)
-        removed = True
-    return removed
+    weights = [path for pattern in WEIGHT_PATTERNS for path in folder.glob(pattern)]
+    for path in weights:
+        path.unlink()
+    before = {p.name for p in folder.iterdir()}
+    RunDir(folder).remove_checkpoints()
+    return bool(weights) or before != {p.name for p in folder.iterdir()}
 
 
 def train_runtime(folder: Path) -> Optional[float]:

@@ -170,7 +170,7 @@ class Workers:
         with self.write_lock:
             rows = self._refresh(study)
         if draw_picture and rows:
-            draw(self.sweep.folder / PICTURE, rows, self.sweep.space, self.sweep.metric, self.sweep.direction)
+            draw(self.sweep.folder, rows, self.sweep.space, self.sweep.metric, self.sweep.direction)
 
     def _refresh(self, study) -> list[dict[str, Any]]:
         sweep = self.sweep

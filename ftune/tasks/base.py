@@ -255,7 +255,17 @@ class Task:
         """What `ftune predict` adds to an input row for one decoded output."""
         return dict(output)
 
-    # ---- the model card ---------------------------------------------------------------------------
+    # ---- pictures and the model card ---------------------------------------------------------------
+    def pictures(self, config: TrainConfig, state: dict[str, Any], evaluation: Evaluation) -> list:
+        """The task's own pictures of an evaluation (ftune.pictures.Picture), drawn into the run after training
+        and by `ftune eval`, from `evaluation.details` or `evaluation.predictions`; the learning curves every
+        run gets are drawn by the spine."""
+        return []
+
+    def model_card_facts(self, config: TrainConfig, state: dict[str, Any]) -> list[str]:
+        """Markdown lines the task adds to the model card's summary (e.g. its problem type, class weights)."""
+        return []
+
     def model_card_usage(self, config: TrainConfig, state: dict[str, Any], run_path: str) -> str:
         """Python that loads the trained model, for the model card."""
         cls = self.peft_model_class if config.lora else self.model_class

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional
 
+from ftune.data import column_list
 from ftune.errors import UsageError
 
 
@@ -61,8 +62,6 @@ def check_no_clash(names: list[str], column: str) -> None:
 
 def row_labels(ds, column: str) -> list[str]:
     """Each row's label name (ClassLabel ids turned into their names)."""
-    from ftune.data import column_list
-
     names = feature_names(ds.features[column])
     values = column_list(ds, column)
     if names is not None:
@@ -87,3 +86,37 @@ def label_config(labels: list[str]) -> dict[str, Any]:
     """from_pretrained arguments that size the head and name its classes."""
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {name: i for i, name in enumerate(labels)}}
+
+
+# ---- label sets: several classes per row (multi-label classification) --------------------------------
+
+
+def row_label_values(value: Any, separator: str) -> list[Any]:
+    """The raw labels of one row: a list as it is, a string split at `separator`, nothing for null or blank."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(separator) if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if v is not None]
+    return [value]
+
+
+def row_label_sets(ds, column: str, separator: str) -> list[list[str]]:
+    """Each row's label names, each name once, in the order the row gives them (ClassLabel ids named)."""
+    names = feature_names(ds.features[column])
+    sets = []
+    for value in column_list(ds, column):
+        found = row_label_values(value, separator)
+        named = [names[v] for v in found] if names is not None else [label_name(v) for v in found]
+        sets.append(list(dict.fromkeys(named)))
+    return sets
+
+
+def distinct_set_values(ds, column: str, separator: str) -> list[Any]:
+    """The distinct raw labels over all rows of a label-set column (numbers stay numbers, for sorting)."""
+    seen: dict[Any, None] = {}
+    for value in column_list(ds, column):  # Arrow has no `unique` for list columns
+        for item in row_label_values(value, separator):
+            seen.setdefault(item, None)
+    return list(seen)

@@ -23,6 +23,8 @@ class TokenLossTrainer(FtuneTrainer):
     With `packing`, training batches are padding-free packed rows (ftune.tasks.lm.packing) when the model keeps
     packed examples apart; evaluation keeps its padded batches, one row per example, for per-row losses."""
 
+    loss_is_scaled_for_ga = None  # causal-LM losses are normalised by the accumulated token count (transformers)
+
     def __init__(self, *args, packing: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.packing = packing
@@ -46,8 +48,9 @@ class TokenLossTrainer(FtuneTrainer):
             from ftune.tasks.lm.packing import keeps_examples_apart, packing_collator
 
             if keeps_examples_apart(self.model):
-                self._packing_collator = packing_collator(self.model)
-                console.info("packing: each training batch is one padding-free row of its examples")
+                self._packing_collator = packing_collator(self.model, tokenizer=self.processing_class)
+                console.info("packing: each training batch is packed into rows of several examples that do not "
+                             "attend to each other")
             else:
                 self.packing = False
                 console.note(f"{type(self.model).__name__} does not keep packed examples apart (restarted position "
