@@ -24,6 +24,8 @@ from ftune.errors import UsageError
 
 # Keys of ftune.yaml that describe the run rather than configure it; a YAML layer may carry them.
 RUN_INFO_KEY = "run"
+# A recipe's search-space section: `ftune sweep` reads it, training commands leave it aside.
+SWEEP_KEY = "sweep"
 
 
 def option(default: Any, help: str, *, panel: str = "Training", choices: tuple = (), min: float | None = None,
@@ -64,6 +66,8 @@ class TrainConfig:
     val_fraction: float = option(0.1, "Fraction of the training split held out when the data has no eval "
                                       "split (seeded; stratified by label for classification).",
                                  panel="Data", min=0.0, max=1.0, exclusive_min=True)
+    split_seed: Optional[int] = option(None, "Seed of the held-out carve (default: --seed); fix it to vary --seed "
+                                             "over the same held-out rows.", panel="Data", min=0)
     max_train_samples: Optional[int] = option(None, "Use only the first N training rows.", panel="Data", min=1)
     max_eval_samples: Optional[int] = option(None, "Use only the first N held-out rows.", panel="Data", min=1)
     max_length: int = option(128, "Longest input in tokens; longer inputs are truncated.", panel="Data", min=8)
@@ -189,7 +193,7 @@ def resolve_config(options_class: type[TaskOptions], *, layers: list[tuple[str, 
     for layer_name, layer in layers:
         for key, raw in layer.items():
             name = key.replace("-", "_")
-            if name == RUN_INFO_KEY:
+            if name in (RUN_INFO_KEY, SWEEP_KEY):
                 continue
             if name not in fields_by_name:
                 problems.append(f"unknown key '{key}' in {layer_name}{_suggest(name, fields_by_name)}")

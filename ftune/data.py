@@ -352,6 +352,21 @@ def build_held_out_split(source, *, data: str, data_config: Optional[str], train
                         eval_names=row_names(source, record["eval_split"], eval_rows, eval_indices))
 
 
+# What identifies held-out rows in a split.json record: where they come from, which they are, what they hold.
+HELD_OUT_FIELDS = ("source", "data_config", "eval_split", "indices", "fingerprint")
+
+
+def held_out_differences(record: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """How the held-out rows of `record` differ from those of `expected` (two split.json records); [] if the same."""
+    differs = []
+    for key in HELD_OUT_FIELDS:
+        if record.get(key) != expected.get(key):
+            shown = "other rows" if key in ("indices", "fingerprint") else \
+                f"{expected.get(key)!r} recorded, {record.get(key)!r} now"
+            differs.append(f"{key}: {shown}")
+    return differs
+
+
 def carve_indices(n: int, fraction: float, seed: int, labels: Optional[list] = None) -> tuple[list[int], list[int]]:
     """Seeded split of range(n) into (train, eval); with labels, each class gives its share to eval."""
     rng = random.Random(seed)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ftune import console
 from ftune import distributed as dist
@@ -33,11 +33,14 @@ def default_output_dir(task, config: TrainConfig) -> str:
     return str(Path("runs") / f"{task.name}-{task.model_source(config).display_name}-{stamp}")
 
 
-def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 held_out: Optional[dict[str, Any]] = None, callbacks: Sequence[Any] = ()) -> Path:
     """Train one run end to end and return its directory.
 
     Every check that bad input can fail (options, data, columns, labels, the model, the features) runs before
     anything on disk changes; under --overwrite the old run stays as it is until the new one has finished.
+    `held_out`: a split.json record the run must score exactly (a sweep's trials share one); the run refuses to
+    start when the data gives other held-out rows. `callbacks`: Trainer callbacks the caller adds.
     """
     from ftune.folders import plan_run_folder
     from ftune.tracking import require_installed
@@ -50,10 +53,10 @@ def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: 
     plan = plan_run_folder(Path(config.output_dir), resume=resume, overwrite=overwrite) \
         if dist.is_main_process() else None
     plan = dist.broadcast_object(plan)
-    prepared = prepare(task, config)
+    prepared = prepare(task, config, held_out=held_out)
     if plan.resume and dist.is_main_process():
         check_resume_matches(plan.workdir, task, config, prepared)
-    return _train_in(plan, task, config, prepared)
+    return _train_in(plan, task, config, prepared, callbacks)
 
 
 @dataclass
@@ -69,11 +72,11 @@ class Prepared:
     precision: str
 
 
-def prepare(task, config: TrainConfig) -> Prepared:
+def prepare(task, config: TrainConfig, held_out: Optional[dict[str, Any]] = None) -> Prepared:
     """Data, held-out split, tokenizer, the task's checks and state, model (+ LoRA) and features."""
     from transformers import set_seed
 
-    from ftune.data import build_held_out_split
+    from ftune.data import held_out_differences
     from ftune.lora import wrap_with_lora
     from ftune.precision import check_4bit_support, resolve_precision
 
@@ -81,14 +84,12 @@ def prepare(task, config: TrainConfig) -> Prepared:
     precision = resolve_precision(config.precision)
     if config.load_in_4bit:
         check_4bit_support()
-    source = task.load_source(config, config.data, config.data_config)
-    first = source[config.train_split] if config.train_split in source else next(iter(source.values()))
-    columns = task.resolve_columns(config, list(first.column_names))
-    split = build_held_out_split(
-        source, data=config.data, data_config=config.data_config, train_split=config.train_split,
-        eval_split=config.eval_split, val_fraction=config.val_fraction, seed=config.seed,
-        max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-        stratify=task.stratify_by(config, columns))
+    columns, split = load_held_out_split(task, config)
+    differs = held_out_differences(split.record, held_out) if held_out is not None else []
+    if differs:
+        raise UsageError(f"the held-out rows of {config.data} differ from the split this run must score "
+                         f"({'; '.join(differs)}); the data changed since the split was recorded: restore it, or "
+                         "start over")
     tokenizer = task.load_tokenizer(config)
     task.check_input_length(config, tokenizer)
     state = task.prepare_state(config, split, columns)
@@ -109,6 +110,22 @@ def prepare(task, config: TrainConfig) -> Prepared:
         tokenising.advance(len(split.eval))
     return Prepared(split=split, tokenizer=tokenizer, state=state, model=model, precision=precision,
                     train_features=train_features, eval_features=eval_features)
+
+
+def load_held_out_split(task, config: TrainConfig):
+    """The data's columns by role and the held-out split (checked); every rank computes the same."""
+    from ftune.data import build_held_out_split
+
+    source = task.load_source(config, config.data, config.data_config)
+    first = source[config.train_split] if config.train_split in source else next(iter(source.values()))
+    columns = task.resolve_columns(config, list(first.column_names))
+    split = build_held_out_split(
+        source, data=config.data, data_config=config.data_config, train_split=config.train_split,
+        eval_split=config.eval_split, val_fraction=config.val_fraction,
+        seed=config.seed if config.split_seed is None else config.split_seed,
+        max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+        stratify=task.stratify_by(config, columns))
+    return columns, split
 
 
 # Options that do not change what a run learns: a resumed run may differ in them.
@@ -145,7 +162,7 @@ def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Pre
                          f"with the run's options (its ftune.yaml), or start a new run with another --output-dir")
 
 
-def _train_in(plan, task, config: TrainConfig, prepared: Prepared) -> Path:
+def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Sequence[Any]) -> Path:
     from ftune.folders import FolderLock, claim, drop_torn_checkpoints, last_complete_checkpoint, swap_into_place
     from ftune.rundir import LOGS_FOLDER
     from ftune.tracking import logs_in
@@ -165,7 +182,7 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared) -> Path:
             run.write_config(task.name, config, prepared.state, prepared.precision)
             run.write_split(prepared.split.record)
         with logs_in(plan.workdir / LOGS_FOLDER, config.report_to):  # trackers write into the run while it trains
-            _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume)
+            _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume, callbacks=callbacks)
         if main:
             lock.release()
             if plan.staged:
@@ -184,7 +201,7 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared) -> Path:
 
 
 def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepared, checkpoint, *,
-           resume: bool) -> None:
+           resume: bool, callbacks: Sequence[Any] = ()) -> None:
     from ftune.progress import report_end, report_start
     from ftune.trainers import whole_run_train_loss
 
@@ -195,7 +212,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     trainer = build_trainer(task, config, state, run.path, prepared.model, tokenizer, prepared.train_features,
                             eval_inputs, task.metrics_function(config, tokenizer, state, split.eval,
                                                                prepared.eval_features, eval_order),
-                            prepared.precision, run_name=target.name)
+                            prepared.precision, run_name=target.name, extra_callbacks=callbacks)
     world = dist.world_size()
     effective = config.batch_size * config.grad_accum * world
     report_start(task, config, split, prepared.model, prepared.precision, world, target)
@@ -259,7 +276,8 @@ def sharded_training(config: TrainConfig) -> bool:
 
 
 def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: Path, model, tokenizer, train_ds,
-                  eval_ds, compute_metrics, precision: str, run_name: Optional[str] = None):
+                  eval_ds, compute_metrics, precision: str, run_name: Optional[str] = None,
+                  extra_callbacks: Sequence[Any] = ()):
     """The task's Trainer with ftune's defaults: dynamic padding, length-grouped batches, evaluation and a
     checkpoint every epoch, the best model by the task's main metric kept at the end; `run_name` names the run
     in the experiment trackers."""
@@ -322,6 +340,7 @@ def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: 
     if keeps_best:
         callbacks += [BestModel(output_dir / BEST_MODEL_FOLDER, best_metric, greater_is_better),
                       ThrottledCheckpoints(config.checkpoint_minutes)]
+    callbacks += extra_callbacks
     if config.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     pad_multiple = 8 if on_gpu and precision in ("bf16", "fp16") else None  # tensor-core friendly shapes

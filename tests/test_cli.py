@@ -57,9 +57,17 @@ def test_every_recipe_is_valid(path):
 
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ftune "), first
-    task = first.split()[2]
+    words = first.split()
+    sweep = words[2] == "sweep"  # `ftune sweep TASK` recipes hold a `sweep:` section too
+    task = words[3] if sweep else words[2]
     assert task in TASK_MODULES, f"{path.name} names unknown command {task}"
     layer = yaml.safe_load(path.read_text())
     layer.setdefault("data", "placeholder")  # recipes may leave --data to the command line
     config = resolve_config(get_task(task).options_class, layers=[(path.name, layer)])
     assert config.data
+    if sweep:
+        from ftune.sweep.options import resolve_sweep_options
+        from ftune.sweep.space import build_space
+
+        options = resolve_sweep_options([(path.name, layer["sweep"])])
+        assert build_space(get_task(task).options_class, options.params)

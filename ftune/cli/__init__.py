@@ -17,6 +17,7 @@ from ftune.cli.generate import generate_command
 from ftune.cli.recipes import recipes
 from ftune.cli.run_commands import eval_command, make_predict_command, merge_command
 from ftune.cli.runs import push_command, runs_command
+from ftune.cli.sweep import make_sweep_app
 from ftune.cli.train_commands import make_train_command
 from ftune.tasks import all_tasks
 
@@ -47,6 +48,7 @@ def _root(
 _TASKS = all_tasks()
 COMMANDS = [
     *((task.name, make_train_command(task), "Train") for task in _TASKS),
+    ("sweep", make_sweep_app(_TASKS), "Train"),
     ("eval", eval_command, "Use a run"),
     ("predict", make_predict_command(_TASKS), "Use a run"),
     ("generate", generate_command, "Use a run"),
@@ -56,7 +58,10 @@ COMMANDS = [
     ("recipes", recipes, "Recipes"),
 ]
 for _name, _function, _panel in COMMANDS:
-    app.command(_name, rich_help_panel=_panel)(guarded(_function))
+    if isinstance(_function, typer.Typer):  # a group of commands (it guards its own)
+        app.add_typer(_function, name=_name, rich_help_panel=_panel)
+    else:
+        app.command(_name, rich_help_panel=_panel)(guarded(_function))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -70,9 +70,14 @@ def _flag_parameter(field, tp, options_class) -> inspect.Parameter:
                              annotation=Annotated[Optional[cli_type], opt])
 
 
+def config_parameters(options_class) -> list[inspect.Parameter]:
+    """One command parameter per configuration field of a task (the common ones, then the task's own)."""
+    return [_flag_parameter(f, tp, options_class) for f, tp in config_fields(options_class)]
+
+
 def make_train_command(task):
     """A Typer command function for one task, with one option per configuration field."""
-    params = [_flag_parameter(f, tp, task.options_class) for f, tp in config_fields(task.options_class)]
+    params = config_parameters(task.options_class)
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=RUN_CONTROL_DEFAULTS[name],
                                  annotation=annotation) for name, annotation in RUN_CONTROL.items()]
 

@@ -74,6 +74,7 @@ class Task:
     peft_task_type: str                 # peft TaskType name, e.g. "SEQ_CLS"
     main_metric: str                    # the metric that picks the best checkpoint (without "eval_")
     greater_is_better: bool = True
+    reported_metrics: tuple[str, ...] = ()  # what `metrics` reports (without "eval_"), e.g. for `ftune sweep --metric`
     generates_text: bool = False        # `ftune generate` serves its runs
     predict_inputs: tuple[PredictInput, ...] = ()
     predict_settings: tuple[PredictSetting, ...] = ()
@@ -107,6 +108,11 @@ class Task:
     def best_metric(self, config: TrainConfig) -> tuple[str, bool]:
         """The metric that picks the best checkpoint (without "eval_") and whether greater is better."""
         return self.main_metric, self.greater_is_better
+
+    def metric_names(self, config: TrainConfig) -> tuple[str, ...]:
+        """The metrics every evaluation of a run reports (without "eval_"), during training and in
+        eval_results.json: the loss and what `metrics` reports."""
+        return tuple(dict.fromkeys(("loss", *self.reported_metrics, self.best_metric(config)[0])))
 
     # ---- model ------------------------------------------------------------------------------------
     def model_source(self, config: TrainConfig):

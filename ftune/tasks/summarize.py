@@ -36,6 +36,7 @@ class SummarizeTask(Seq2SeqTask):
     summary = "Fine-tune a seq2seq model for summarisation."
     options_class = SummarizeOptions
     main_metric = "rougeL"
+    reported_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len")
     source_columns = ("article", "document", "text", "dialogue")
     target_columns = ("highlights", "summary")
     source_role = "document"

@@ -79,6 +79,7 @@ class TranslateTask(Seq2SeqTask):
     summary = "Fine-tune a seq2seq model for translation (BLEU and chrF)."
     options_class = TranslateOptions
     main_metric = "bleu"
+    reported_metrics = ("bleu", "chrf", "gen_len")
     source_role = "source text"
     target_role = "target text"
     output_name = "translation_text"   # as the transformers translation pipeline names its output

@@ -112,6 +112,9 @@ class ClassifyTask(Task):
             return "mse", False
         return self.main_metric, self.greater_is_better
 
+    def metric_names(self, config):
+        return ("loss", *PROBLEMS[config.task_options.problem_type].metric_names)
+
     def prepare_state(self, config, split, columns):
         opts = config.task_options
         problem = PROBLEMS[opts.problem_type]

@@ -40,6 +40,7 @@ class Problem:
 
     name: str
     labels_required: bool = True    # every row must have a value in the label column
+    metric_names: tuple[str, ...] = ()  # what `scores` reports (without "eval_")
 
     def stratify_by(self, config, column: str):
         """A function giving each row's stratum for the held-out carve, or None for a plain random carve."""
@@ -91,6 +92,7 @@ def check_unseen(found, labels: list[str]) -> None:
 
 class SingleLabel(Problem):
     name = SINGLE_LABEL
+    metric_names = ("accuracy", "f1", "precision", "recall")
 
     def stratify_by(self, config, column):
         return lambda ds: row_labels(ds, column)
@@ -161,6 +163,7 @@ class SingleLabel(Problem):
 
 class MultiLabel(Problem):
     name = MULTI_LABEL
+    metric_names = ("f1", "f1_micro", "accuracy", "precision", "recall")
     labels_required = False     # a row may have no label at all
 
     def stratify_by(self, config, column):
@@ -241,6 +244,7 @@ def indicators(names, labels: list[str], kind=int) -> list:
 
 class Regression(Problem):
     name = REGRESSION
+    metric_names = ("mse", "mae", "pearson", "spearman")
 
     def prepare(self, config, split, column):
         numeric_targets(split.train, column, "the training split", split.train_names)

@@ -75,6 +75,7 @@ class LMTask(Task):
     peft_task_type = "CAUSAL_LM"
     main_metric = "loss"
     greater_is_better = False
+    reported_metrics = ("loss", "perplexity")
     generates_text = True
 
     # ---- data -------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ class NerTask(Task):
     peft_model_class = "AutoPeftModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"  # peft then also trains and saves the classifier head
     main_metric = "f1"
+    reported_metrics = ("precision", "recall", "f1", "accuracy")
     predict_inputs = (PredictInput("texts", "--text", "Input text (repeatable)."),)
 
     # ---- data -------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class QATask(Task):
     peft_model_class = "AutoPeftModelForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"  # peft then also trains and saves the qa_outputs head
     main_metric = "f1"
+    reported_metrics = ("exact_match", "f1")
     predict_inputs = (PredictInput("questions", "--question", "Question (repeatable, with --context)."),
                       PredictInput("contexts", "--context", "Context to answer from: one for all questions, or "
                                                             "one per --question."))
