@@ -70,8 +70,12 @@ def row_labels(ds, column: str) -> list[str]:
 
 
 def distinct_values(ds, column: str) -> list[Any]:
-    """The distinct values of a column, read column-wise (Arrow), not row by row."""
-    return ds.unique(column)
+    """The distinct values of a column, read column-wise (Arrow), not row by row, in the order they first appear
+    (datasets' own `unique` first copies a selection of rows, e.g. the training part of a split, to a new table)."""
+    import pyarrow.compute as pc
+
+    values = pc.unique(ds.with_format("arrow")[column]).to_pylist()
+    return ds.features.decode_column(values, column)
 
 
 def check_known(found: Iterable[str], known: list[str], where: str) -> None:
