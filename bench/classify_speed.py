@@ -88,8 +88,14 @@ def run_plain_trainer(model_path: str, data: Path, out: Path, args, pad_to_max: 
     """The baseline a transformers user writes by hand."""
     import numpy as np
     from datasets import load_dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     set_seed(42)
     raw = load_dataset("json", data_files={"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl")})

@@ -106,8 +106,14 @@ def run_ftune(args, extra: list[str]) -> dict:
 def run_plain(args, lora: bool) -> dict:
     import torch
     from datasets import load_dataset
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from ftune.tasks.lm.encoding import encode_completion
 
