@@ -24,6 +24,17 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
+def training_attention(requested: str) -> dict:
+    """from_pretrained arguments for the attention of a model trained here: in bf16 on a CPU, eager attention
+    (measured on MiniLM-L6, batch 16: a training step 16% faster at 128 tokens and 6% at 32 than PyTorch's
+    scaled-dot-product kernels, which take the slower fused path on CPU in bf16); elsewhere the library's choice."""
+    import torch
+
+    if torch.cuda.is_available() or resolve_precision(requested) != "bf16":
+        return {}
+    return {"attn_implementation": "eager"}
+
+
 def cpu_has_bf16_matrix_units() -> bool:
     """Intel AMX tiles: bf16 matrix products there run about twice as fast as fp32 (measured: bench/)."""
     import torch

@@ -76,6 +76,7 @@ class Task:
     greater_is_better: bool = True
     reported_metrics: tuple[str, ...] = ()  # what `metrics` reports (without "eval_"), e.g. for `ftune sweep --metric`
     generates_text: bool = False        # `ftune generate` serves its runs
+    eager_attention_on_cpu: bool = False  # bf16 training on CPU is faster with eager attention (encoders; bench/)
     predict_inputs: tuple[PredictInput, ...] = ()
     predict_settings: tuple[PredictSetting, ...] = ()
 
@@ -142,10 +143,11 @@ class Task:
                              f"takes; pass --max-length {min(limits)} or less")
 
     def load_model(self, config: TrainConfig, tokenizer, state: dict[str, Any]):
-        from ftune.precision import quantization_kwargs
+        from ftune.precision import quantization_kwargs, training_attention
 
+        attention = training_attention(config.precision) if self.eager_attention_on_cpu else {}
         return self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
-                                                    **quantization_kwargs(config))
+                                                    **quantization_kwargs(config), **attention)
 
     # ---- features and training --------------------------------------------------------------------
     def features(self, config: TrainConfig, tokenizer, rows, state: dict[str, Any], *, purpose: str):

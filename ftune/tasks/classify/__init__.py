@@ -85,6 +85,7 @@ class ClassifyTask(Task):
     model_class = "AutoModelForSequenceClassification"
     peft_model_class = "AutoPeftModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    eager_attention_on_cpu = True
     main_metric = "f1"
     predict_inputs = (PredictInput("texts", "--text", "Input text (repeatable)."),
                       PredictInput("text_pairs", "--text-pair", "Second text of a pair, one per --text."))
