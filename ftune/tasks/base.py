@@ -143,11 +143,13 @@ class Task:
                              f"takes; pass --max-length {min(limits)} or less")
 
     def load_model(self, config: TrainConfig, tokenizer, state: dict[str, Any]):
-        from ftune.precision import quantization_kwargs, training_attention
+        from ftune.precision import quantization_kwargs, use_training_attention
 
-        attention = training_attention(config.precision) if self.eager_attention_on_cpu else {}
-        return self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
-                                                    **quantization_kwargs(config), **attention)
+        model = self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
+                                                     **quantization_kwargs(config))
+        if self.eager_attention_on_cpu:
+            use_training_attention(model, config.precision)
+        return model
 
     # ---- features and training --------------------------------------------------------------------
     def features(self, config: TrainConfig, tokenizer, rows, state: dict[str, Any], *, purpose: str):
