@@ -83,3 +83,30 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def held_out_rows(run: Path) -> list[dict]:
+    """The rows of a run's JSONL source that its split.json holds out, in split order."""
+    split = read_json(Path(run) / "split.json")
+    rows = read_jsonl(split["source"])
+    return [rows[i] for i in split["indices"]]
+
+
+def task_recipes(task_name: str) -> dict:
+    """Each shipped recipe of a task by name, as (YAML layer, resolved config); checks the header every recipe
+    starts with (the command that runs it) and that the recipe resolves (a placeholder where it names no data)."""
+    from ftune.cli.recipes import recipes_dir
+    from ftune.config import read_yaml_layer, resolve_config
+    from ftune.tasks import get_task
+
+    task = get_task(task_name)
+    found = {}
+    for path in sorted(recipes_dir().glob(f"{task_name}-*.yaml")):
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith(f"# ftune {task_name} ") and f"recipes/{path.name}" in lines[0], path
+        layer = read_yaml_layer(path)
+        config = resolve_config(task.options_class, layers=[(str(path), {"data": "placeholder", **layer})])
+        assert config.model, path
+        found[path.stem] = (layer, config)
+    return found
+

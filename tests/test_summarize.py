@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import invoke, read_json, read_jsonl
+from tests.conftest import held_out_rows, invoke, read_json, read_jsonl, task_recipes
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # Few steps, short sequences: each run trains in seconds on 2 CPU cores.
@@ -64,12 +64,6 @@ def rouge_recomputed(predictions: list[dict]) -> dict[str, float]:
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     scores = [scorer.score(p["reference"], p["prediction"]) for p in predictions]
     return {t: sum(100 * s[t].fmeasure for s in scores) / len(scores) for t in ROUGE_TYPES}
-
-
-def held_out_rows(run_path) -> list[dict]:
-    split = read_json(run_path / "split.json")
-    rows = [json.loads(line) for line in open(split["source"])]
-    return [rows[i] for i in split["indices"]]
 
 
 def test_t5_run_writes_the_run_directory(t5_run):
@@ -239,20 +233,11 @@ def test_bad_input_is_one_line_with_exit_code_2(case, ftune, tmp_path, docs_file
 
 
 def test_summarize_recipes_resolve():
-    from ftune.cli.recipes import recipes_dir
-    from ftune.config import read_yaml_layer, resolve_config
-    from ftune.tasks.summarize import TASK
-
-    found = sorted(recipes_dir().glob("summarize-*.yaml"))
-    assert {p.stem for p in found} >= {"summarize-t5-small", "summarize-t5-small-lora", "summarize-aclsum-offline"}
-    for path in found:
-        lines = path.read_text().splitlines()
-        assert lines[0].startswith("# ftune summarize ") and f"recipes/{path.name}" in lines[0], path
-        assert lines[1].startswith("# ") and len(lines[1]) > 10, path
-        config = resolve_config(TASK.options_class, layers=[(str(path), read_yaml_layer(path))])
-        assert config.data and config.model
-    lora = read_yaml_layer(recipes_dir() / "summarize-t5-small-lora.yaml")
-    assert lora["lora"] is True
+    found = task_recipes("summarize")
+    assert set(found) >= {"summarize-t5-small", "summarize-t5-small-lora", "summarize-aclsum-offline"}
+    for layer, config in found.values():
+        assert "data" in layer and config.data  # every summarize recipe names its data
+    assert found["summarize-t5-small-lora"][0]["lora"] is True
 
 
 def test_gradient_accumulation_does_not_scale_the_loss(ftune, tiny_t5, docs_file, tmp_path):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import invoke, read_json, read_jsonl
+from tests.conftest import held_out_rows, invoke, read_json, read_jsonl, task_recipes
 
 # A toy language whose words are other words of the tiny tokenizers' vocabulary: learnable in a few steps.
 LEXICON = {"cat": "paper", "dog": "model", "bird": "data", "fish": "story", "house": "movie", "tree": "film",
@@ -103,12 +103,6 @@ def run_state(run: Path) -> dict:
     import yaml
 
     return yaml.safe_load((run / "ftune.yaml").read_text())["run"]["state"]
-
-
-def held_out_rows(run: Path) -> list[dict]:
-    split = read_json(run / "split.json")
-    rows = read_jsonl(split["source"])
-    return [rows[i] for i in split["indices"]]
 
 
 # ---- a T5 run on the Hub layout -------------------------------------------------------------------
@@ -341,20 +335,11 @@ def test_columns_named_by_language_or_given(tmp_path):
 
 
 def test_translate_recipes_resolve():
-    from ftune.cli.recipes import recipes_dir
-    from ftune.config import read_yaml_layer, resolve_config
-    from ftune.tasks.translate import TASK
-
-    found = {p.stem: p for p in recipes_dir().glob("translate-*.yaml")}
+    found = task_recipes("translate")
     assert {"translate-t5-small", "translate-t5-small-lora"} <= set(found)
-    for path in found.values():
-        lines = path.read_text().splitlines()
-        assert lines[0].startswith("# ftune translate ") and f"recipes/{path.name}" in lines[0], path
-        layer = read_yaml_layer(path)
-        layer.setdefault("data", "placeholder")
-        config = resolve_config(TASK.options_class, layers=[(str(path), layer)])
+    for _, config in found.values():
         assert config.task_options.source_lang == "en" and config.task_options.target_lang == "ro"
-    assert read_yaml_layer(found["translate-t5-small-lora"])["lora"] is True
+    assert found["translate-t5-small-lora"][0]["lora"] is True
 
 
 # ---- LoRA -----------------------------------------------------------------------------------------
