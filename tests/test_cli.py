@@ -10,10 +10,13 @@ import yaml
 
 from tests.conftest import ROOT
 
-HEAVY = ("torch", "transformers", "peft", "datasets", "evaluate", "accelerate", "matplotlib", "tensorboard")
+HEAVY = ("torch", "transformers", "peft", "datasets", "evaluate", "accelerate", "matplotlib", "tensorboard",
+         "seqeval", "sacrebleu", "optuna")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["classify", "--help"], ["eval", "--help"], ["recipes"]])
+@pytest.mark.parametrize("argv", [["--help"], ["classify", "--help"], ["ner", "--help"], ["translate", "--help"],
+                                  ["sweep", "classify", "--help"], ["runs", "--help"], ["eval", "--help"],
+                                  ["recipes"]])
 def test_help_imports_no_heavy_library(argv):
     code = ("import sys\nfrom ftune.cli import app\n"
             f"try:\n    app({argv!r})\nexcept SystemExit:\n    pass\n"

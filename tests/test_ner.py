@@ -157,19 +157,6 @@ def test_eval_reproduces_training_metrics(full_run, ftune, tmp_path, conll_folde
     assert read_jsonl(tmp_path / "file" / "eval_predictions.jsonl") == read_jsonl(tmp_path / "eval_predictions.jsonl")
 
 
-def test_help_imports_no_heavy_library():
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    code = ("import sys\nfrom ftune.cli import app\ntry:\n    app(['ner', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'evaluate', 'seqeval') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stderr
-
-
 def test_predict_prints_entities_with_character_offsets(full_run, ftune, tmp_path):
     text = "The happy cat sleeps, Paris and the big dog"
     result = ftune("predict", full_run.path, "--text", text, "--text", "london")
