@@ -110,3 +110,13 @@ def task_recipes(task_name: str) -> dict:
         found[path.stem] = (layer, config)
     return found
 
+
+def train_run(tmp_path_factory, task: str, name: str, *args):
+    """A finished `ftune TASK` run in a fresh folder: its path and what it printed."""
+    from types import SimpleNamespace
+
+    out = tmp_path_factory.mktemp("runs") / name
+    result = invoke(task, "--output-dir", out, *args)
+    assert result.exit_code == 0, result
+    return SimpleNamespace(path=out, output=result.output, stdout=result.stdout)
+

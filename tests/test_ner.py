@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import invoke, read_json, read_jsonl, task_recipes
+from tests.conftest import read_json, read_jsonl, task_recipes, train_run
 
 CITIES = ["paris", "london", "berlin", "france", "germany", "england"]
 ADJECTIVES = ["big", "small", "red", "happy"]
@@ -63,22 +62,15 @@ def conll_folder(tmp_path_factory):
     return folder
 
 
-def _train(tmp_path_factory, name, *args) -> SimpleNamespace:
-    out = tmp_path_factory.mktemp("runs") / name
-    result = invoke("ner", "--output-dir", out, *args)
-    assert result.exit_code == 0, result
-    return SimpleNamespace(path=out, output=result.output, stdout=result.stdout)
-
-
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, tiny_bert, conll_folder):
-    return _train(tmp_path_factory, "full", "--model", tiny_bert, "--data", conll_folder, *FAST)
+    return train_run(tmp_path_factory, "ner", "full", "--model", tiny_bert, "--data", conll_folder, *FAST)
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_bert, conll_folder):
-    return _train(tmp_path_factory, "lora", "--model", tiny_bert, "--data", conll_folder, "--lora",
-                  "--lora-targets", "query,key,value,dense", *FAST, "--lr", "1e-2")
+    return train_run(tmp_path_factory, "ner", "lora", "--model", tiny_bert, "--data", conll_folder, "--lora",
+                     "--lora-targets", "query,key,value,dense", *FAST, "--lr", "1e-2")
 
 
 def conll_rows(path: Path) -> list[tuple[list[str], list[str]]]:

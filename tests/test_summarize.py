@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import held_out_rows, invoke, read_json, read_jsonl, task_recipes
+from tests.conftest import held_out_rows, read_json, read_jsonl, task_recipes, train_run
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # Few steps, short sequences: each run trains in seconds on 2 CPU cores.
@@ -38,23 +38,16 @@ def docs_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("data") / "docs.jsonl", summary_rows(60))
 
 
-def _train(tmp_path_factory, name, *args) -> SimpleNamespace:
-    out = tmp_path_factory.mktemp("runs") / name
-    result = invoke("summarize", "--output-dir", out, *args)
-    assert result.exit_code == 0, result
-    return SimpleNamespace(path=out, output=result.output)
-
-
 @pytest.fixture(scope="module")
 def t5_run(tmp_path_factory, tiny_t5, docs_file):
-    return _train(tmp_path_factory, "t5", "--model", tiny_t5, "--data", docs_file, *FAST)
+    return train_run(tmp_path_factory, "summarize", "t5", "--model", tiny_t5, "--data", docs_file, *FAST)
 
 
 @pytest.fixture(scope="module")
 def bart_lora_run(tmp_path_factory, tiny_bart, docs_file):
     # All linear layers: on a random-init base, q/v adapters alone learn too little to emit any text.
-    return _train(tmp_path_factory, "bart-lora", "--model", tiny_bart, "--data", docs_file, "--lora", *FAST,
-                  "--lora-targets", "q_proj,k_proj,v_proj,out_proj,fc1,fc2", "--lr", "1e-2")
+    return train_run(tmp_path_factory, "summarize", "bart-lora", "--model", tiny_bart, "--data", docs_file, "--lora",
+                     *FAST, "--lora-targets", "q_proj,k_proj,v_proj,out_proj,fc1,fc2", "--lr", "1e-2")
 
 
 def rouge_recomputed(predictions: list[dict]) -> dict[str, float]:

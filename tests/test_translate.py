@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import held_out_rows, invoke, read_json, read_jsonl, task_recipes
+from tests.conftest import held_out_rows, read_json, read_jsonl, task_recipes, train_run
 
 # A toy language whose words are other words of the tiny tokenizers' vocabulary: learnable in a few steps.
 LEXICON = {"cat": "paper", "dog": "model", "bird": "data", "fish": "story", "house": "movie", "tree": "film",
@@ -42,17 +41,10 @@ def hub_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", hub_rows(60))
 
 
-def _train(tmp_path_factory, name, *args) -> SimpleNamespace:
-    out = tmp_path_factory.mktemp("runs") / name
-    result = invoke("translate", "--output-dir", out, *args)
-    assert result.exit_code == 0, result
-    return SimpleNamespace(path=out, output=result.output, stdout=result.stdout)
-
-
 @pytest.fixture(scope="module")
 def t5_run(tmp_path_factory, tiny_t5, hub_file):
-    return _train(tmp_path_factory, "t5", "--model", tiny_t5, "--data", hub_file, "--source-lang", "en",
-                  "--target-lang", "fr", *FAST)
+    return train_run(tmp_path_factory, "translate", "t5", "--model", tiny_t5, "--data", hub_file, "--source-lang", "en",
+                     "--target-lang", "fr", *FAST)
 
 
 def build_tiny_nllb(folder: Path) -> Path:
@@ -95,8 +87,8 @@ def pairs_tsv(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def nllb_run(tmp_path_factory, tiny_nllb, pairs_tsv):
-    return _train(tmp_path_factory, "nllb", "--model", tiny_nllb, "--data", pairs_tsv, "--source-lang", "eng_Latn",
-                  "--target-lang", "fra_Latn", *FAST, "--max-steps", "10")
+    return train_run(tmp_path_factory, "translate", "nllb", "--model", tiny_nllb, "--data", pairs_tsv,
+                     "--source-lang", "eng_Latn", "--target-lang", "fra_Latn", *FAST, "--max-steps", "10")
 
 
 def run_state(run: Path) -> dict:
