@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -192,9 +193,8 @@ def check_no_missing(ds, columns: Iterable[str], where: str, ids=None) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arrow = ds.with_format("arrow")
     for column in columns:
-        values = arrow[column]
+        values = arrow_column(ds, column)
         missing = pc.is_null(values)
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             blank = pc.equal(pc.utf8_trim_whitespace(values), "")
@@ -268,11 +268,79 @@ def tokenize_rows(rows, encode: Callable, config, *, desc: str, **kwargs):
     return rows.map(encode, batched=True, remove_columns=rows.column_names, desc=desc, num_proc=num_proc, **kwargs)
 
 
+def arrow_column(ds, column: str):
+    """A column of `ds` as an Arrow array, read in Arrow's own code even through a row selection (datasets gathers
+    the rows of a selection one by one in Python)."""
+    values = ds.data.column(column)
+    indices = getattr(ds, "_indices", None)
+    return values.take(indices.column(0)) if indices is not None else values
+
+
 def column_list(ds, column: str) -> list[Any]:
     """A column's values as a Python list, read column-wise (datasets' own `ds[column]` iterates row by row);
     values stored encoded (e.g. a column of mixed types, kept as JSON text) are decoded as datasets would."""
-    values = ds.with_format("arrow")[column].to_pylist()
-    return ds.features.decode_column(values, column)
+    return ds.features.decode_column(arrow_column(ds, column).to_pylist(), column)
+
+
+def derived_fingerprint(ds, *parts: Any) -> str:
+    """A fingerprint for a dataset made from `ds` by an operation described by `parts` (names, indices, values).
+
+    datasets would hash the same arguments with its pure-Python pickler, a few seconds for a list of a million
+    indices; the standard pickler takes milliseconds.
+    """
+    digest = hashlib.sha256(ds._fingerprint.encode())
+    digest.update(pickle.dumps(parts, protocol=4))
+    return digest.hexdigest()[:32]
+
+
+def with_column(ds, name: str, values: list[Any]):
+    """`ds.add_column(name, values)`, fingerprinted from the values by `derived_fingerprint`."""
+    return ds.add_column(name, values, new_fingerprint=derived_fingerprint(ds, "add_column", name, values))
+
+
+def take_rows(ds, indices: list[int]):
+    """`ds.select(indices)` as a dataset of its own: the rows copied, in Arrow's code, to a table of their own (a
+    file beside the dataset's cache files, reused by a rerun on the same data), not an index into `ds`.
+
+    Every later pass over the rows (checks, labels, tokenisation) then reads them in contiguous batches; through a
+    selection datasets gathers them one by one, which costs more than tokenising them.
+    """
+    datasets = quiet_datasets()
+    from datasets.table import InMemoryTable, MemoryMappedTable
+
+    indices = list(indices)
+    if not indices or getattr(ds, "_indices", None) is not None:
+        return ds.select(indices)
+    first = indices[0]
+    if indices == list(range(first, first + len(indices))):
+        return ds.select(range(first, first + len(indices)))  # a slice of ds: contiguous already
+    fingerprint = derived_fingerprint(ds, "take_rows", indices)
+    files = [f["filename"] for f in ds.cache_files]
+    if not files:
+        table = InMemoryTable(ds.data.table.take(indices))
+    else:
+        path = Path(files[0]).parent / f"ftune-rows-{fingerprint}.arrow"
+        if not path.is_file():
+            _write_rows(ds.data.table, indices, path)
+        table = MemoryMappedTable.from_file(str(path))
+    return datasets.Dataset(table, info=ds.info.copy(), split=ds.split, fingerprint=fingerprint)
+
+
+def _write_rows(table, indices: list[int], path: Path, chunk: int = 65536) -> None:
+    """Write `table`'s rows at `indices`, in that order, to an Arrow stream file at `path` (renamed into place once
+    written, so a reader never sees half a file)."""
+    import os
+
+    import pyarrow as pa
+
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            for start in range(0, len(indices), chunk):
+                writer.write_table(table.take(pa.array(indices[start:start + chunk], type=pa.int64())))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def row_ids(rows, positions: Iterable[int]) -> list[Any]:
@@ -342,11 +410,11 @@ def build_held_out_split(source, *, data: str, data_config: Optional[str], train
     if not train_indices:
         raise UsageError(f"no training rows are left in {data} after holding out; lower --val-fraction")
 
-    eval_rows = eval_source.select(eval_indices)
+    eval_rows = take_rows(eval_source, eval_indices)
     record = {"source": data, "data_config": data_config, "train_split": train_split, **method,
               "train_rows": len(train_indices), "rows": len(eval_indices), "fingerprint": fingerprint(eval_rows),
               "indices": eval_indices}
-    train_rows = train_full.select(train_indices)
+    train_rows = take_rows(train_full, train_indices)
     return HeldOutSplit(train=train_rows, eval=eval_rows, eval_ids=row_ids(eval_rows, eval_indices), record=record,
                         train_names=row_names(source, train_split, train_rows, train_indices),
                         eval_names=row_names(source, record["eval_split"], eval_rows, eval_indices))
@@ -413,7 +481,7 @@ def reload_held_out_split(record: dict[str, Any], load: Callable[[str, Optional[
     if indices and max(indices) >= len(ds):
         raise UsageError(f"{record['source']} has fewer rows than when the run was trained; "
                          "pass --data/--split to score other data")
-    rows = ds.select(indices)
+    rows = take_rows(ds, indices)
     if fingerprint(rows) != record["fingerprint"]:
         raise UsageError(f"the held-out rows of {record['source']} changed since training (fingerprint differs); "
                          "pass --data/--split to score the data as it is now")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, pick_column, tokenize_rows
+from ftune.data import check_no_missing, pick_column, tokenize_rows, with_column
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
 from ftune.tasks.classify.problems import MULTI_LABEL, PROBLEMS, REGRESSION, SINGLE_LABEL
@@ -161,7 +161,7 @@ class ClassifyTask(Task):
         features = tokenize_rows(rows, encode, config, desc="tokenizing")
         # Added afterwards, not returned by `encode`: map would cast a new "labels" to the type of a source column
         # of that name (a list of ClassLabel ids would turn multi-label float targets into ints).
-        return features.add_column("labels", targets) if targets is not None else features
+        return with_column(features, "labels", targets) if targets is not None else features
 
     # ---- scoring ----------------------------------------------------------------------------------
     def decode(self, config, tokenizer, state, rows, features, predictions):
