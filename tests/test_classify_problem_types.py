@@ -222,7 +222,7 @@ def regression(tmp_path_factory, tiny_bert):
     rows = regression_rows(96)
     data = write_jsonl(base / "data.jsonl", rows)
     train(base / "run", "--model", tiny_bert, "--data", data, "--problem-type", "regression", "--val-fraction",
-          "0.25", "--epochs", "4", "--lr", "3e-3", *TINY)
+          "0.25", "--epochs", "8", "--lr", "3e-3", *TINY)  # 4 epochs learn the count on some seeds only
     return base / "run", rows
 
 
@@ -261,7 +261,7 @@ def test_regression_run_model_and_split(regression):
     # The best checkpoint is the one with the lowest mse, and it is the model the run keeps.
     state = read_json(run / "trainer_state.json")
     evaluated = [entry["eval_mse"] for entry in state["log_history"] if "eval_mse" in entry]
-    assert len(evaluated) == 4 and state["best_metric"] == pytest.approx(min(evaluated))
+    assert len(evaluated) == 8 and state["best_metric"] == pytest.approx(min(evaluated))
     # (The evaluations during training run in the training precision, bf16 on CPUs with AMX; the final figures are
     # scored in fp32, so they agree to bf16's precision.)
     assert read_json(run / "eval_results.json")["eval_mse"] == pytest.approx(min(evaluated), rel=1e-2)
