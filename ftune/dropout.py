@@ -6,11 +6,12 @@ without): attention dropout alone masks batch x heads x tokens x tokens values p
 
 `cpu_dropout()` is a scope in which `torch.nn.functional.dropout` (what `nn.Dropout` and the attention functions
 call) on a CPU tensor draws its mask from NumPy's SFC64 generator in blocks spread over PyTorch's threads. The
-result is dropout as defined: each value is kept with probability 1 - p (to within 2^-33) and scaled by
-1 / (1 - p), the mask held in the values' type as PyTorch holds its own; the gradient flows through the kept
-values only. Every mask is seeded from PyTorch's own generator, so a seeded run repeats exactly, a resumed run
-draws the masks an uninterrupted one would (the Trainer saves and restores that generator), and the masks do not
-depend on the number of threads. They differ from the masks PyTorch would draw, as two seeds' masks do.
+result is dropout as defined: each value is kept with probability 1 - p (to within 2^-33) and scaled by 1 / (1 - p);
+the drawing threads write the scaled mask directly in the values' type (as PyTorch holds its own), so applying it
+is one multiplication. The gradient flows through the kept values only. Every mask is seeded from PyTorch's own
+generator, so a seeded run repeats exactly, a resumed run draws the masks an uninterrupted one would (the Trainer
+saves and restores that generator), and the masks do not depend on the number of threads. They differ from the
+masks PyTorch would draw, as two seeds' masks do.
 """
 
 from __future__ import annotations
@@ -33,20 +34,25 @@ def dropout(x, p: float):
     return _dropout_function().apply(x, p)
 
 
-def keep_mask(shape, p: float):
-    """A bool tensor of `shape`, each value True with probability 1 - p, seeded from PyTorch's generator."""
+def scaled_mask(shape, p: float, dtype):
+    """A tensor of `shape` and floating `dtype` whose values are 1 / (1 - p) (rounded to `dtype`, as PyTorch's
+    dropout rounds it) with probability 1 - p and 0 otherwise, seeded from PyTorch's generator."""
     import numpy as np
     import torch
 
     numel = math.prod(shape)
     seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64))
     threshold = np.uint32(min(max(round(p * 2**32), 1), 2**32 - 1))
-    keep = np.empty(numel, dtype=bool)
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=dtype)
+    bits_of, same_size = {2: (np.uint16, torch.int16), 4: (np.uint32, torch.int32),
+                          8: (np.uint64, torch.int64)}[scale.element_size()]
+    scale_bits = bits_of(scale.view(same_size).item())  # the scale's bit pattern: a kept value's, written as is
+    mask = np.empty(numel, dtype=bits_of)
 
     def fill(block: int) -> None:
-        part = keep[block * BLOCK:(block + 1) * BLOCK]
+        part = mask[block * BLOCK:(block + 1) * BLOCK]
         bits = np.random.SFC64(np.random.SeedSequence((seed, block))).random_raw((len(part) + 1) // 2)
-        np.greater_equal(bits.view(np.uint32)[:len(part)], threshold, out=part)
+        np.multiply(bits.view(np.uint32)[:len(part)] >= threshold, scale_bits, out=part)
 
     blocks = -(-numel // BLOCK)
     if blocks > 1 and torch.get_num_threads() > 1:
@@ -55,7 +61,7 @@ def keep_mask(shape, p: float):
     else:
         for block in range(blocks):
             fill(block)
-    return torch.from_numpy(keep).view(shape)
+    return torch.from_numpy(mask).view(dtype).view(shape)
 
 
 @lru_cache(maxsize=None)
@@ -70,7 +76,7 @@ def _dropout_function():
     class Dropout(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, p):
-            scaled = keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
+            scaled = scaled_mask(x.shape, p, x.dtype)  # 0 or 1 / (1 - p)
             ctx.save_for_backward(scaled)
             return x * scaled
 

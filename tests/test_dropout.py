@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftune.dropout import BLOCK, cpu_dropout, keep_mask
+from ftune.dropout import BLOCK, cpu_dropout, scaled_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -46,10 +46,20 @@ def test_bf16_values_as_pytorch_scales_them():
     assert torch.equal(theirs[theirs != 0], x[theirs != 0] * scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_each_type_gets_the_same_mask_in_its_own_scale(dtype):
+    torch.manual_seed(2)
+    reference = scaled_mask((3, BLOCK), 0.3, torch.float32)
+    torch.manual_seed(2)
+    mask = scaled_mask((3, BLOCK), 0.3, dtype)
+    assert mask.dtype == dtype and torch.equal(mask != 0, reference != 0)
+    assert torch.equal(mask[mask != 0].unique(), torch.tensor([1 / 0.7], dtype=dtype))
+
+
 def test_masks_repeat_with_the_seed_and_not_otherwise():
     def masks():
         torch.manual_seed(7)
-        return [keep_mask((5, BLOCK // 3), 0.3) for _ in range(2)]
+        return [scaled_mask((5, BLOCK // 3), 0.3, torch.float32) for _ in range(2)]
 
     first, second = masks(), masks()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -59,11 +69,11 @@ def test_masks_repeat_with_the_seed_and_not_otherwise():
 def test_masks_follow_the_torch_generator_state():
     """What a resumed run relies on: the Trainer restores PyTorch's generator, and the masks follow it."""
     torch.manual_seed(3)
-    keep_mask((100,), 0.5)
+    scaled_mask((100,), 0.5, torch.float32)
     state = torch.get_rng_state()
-    drawn = keep_mask((4, BLOCK), 0.5)
+    drawn = scaled_mask((4, BLOCK), 0.5, torch.float32)
     torch.set_rng_state(state)
-    assert torch.equal(keep_mask((4, BLOCK), 0.5), drawn)
+    assert torch.equal(scaled_mask((4, BLOCK), 0.5, torch.float32), drawn)
 
 
 def test_masks_do_not_depend_on_the_thread_count():
@@ -73,7 +83,7 @@ def test_masks_do_not_depend_on_the_thread_count():
         for count in (1, 2, 3):
             torch.set_num_threads(count)
             torch.manual_seed(11)
-            drawn.append(keep_mask((5 * BLOCK + 3,), 0.25))
+            drawn.append(scaled_mask((5 * BLOCK + 3,), 0.25, torch.float32))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(drawn[0], drawn[1]) and torch.equal(drawn[0], drawn[2])
