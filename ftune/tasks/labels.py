@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional
 
-from ftune.data import column_list
+from ftune.data import arrow_column, column_list
 from ftune.errors import UsageError
 
 
@@ -61,12 +61,20 @@ def check_no_clash(names: list[str], column: str) -> None:
 
 
 def row_labels(ds, column: str) -> list[str]:
-    """Each row's label name (ClassLabel ids turned into their names)."""
+    """Each row's label name (ClassLabel ids turned into their names), read column-wise: the names of the column's
+    distinct values, looked up per row, so a million rows of a few classes hold a few strings, not a million."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = arrow_column(ds, column)
     names = feature_names(ds.features[column])
-    values = column_list(ds, column)
-    if names is not None:
-        return [names[v] for v in values]
-    return [label_name(v) for v in values]
+    if pa.types.is_nested(values.type):  # lists of labels (Arrow has no `unique` for them): named row by row
+        return [label_name(v) for v in column_list(ds, column)]
+    distinct = pc.unique(values)
+    named = [names[v] if names is not None and v is not None else label_name(v)
+             for v in ds.features.decode_column(distinct.to_pylist(), column)]
+    positions = pc.index_in(values, value_set=distinct)
+    return [named[i] for i in positions.to_numpy().tolist()]
 
 
 def distinct_values(ds, column: str) -> list[Any]:
