@@ -93,6 +93,13 @@ def prepare(task, config: TrainConfig, held_out: Optional[dict[str, Any]] = None
     tokenizer = task.load_tokenizer(config)
     task.check_input_length(config, tokenizer)
     state = task.prepare_state(config, split, columns)
+    metric_module = task.metric_module_for(state)
+    if metric_module is not None:
+        from ftune.metrics import load_metric
+
+        # Before training, so that a metric that cannot load fails now, not after the first epoch; importing
+        # evaluate (it imports transformers' pipelines) takes most of a second, outside the training time.
+        load_metric(metric_module)
     model = task.load_model(config, tokenizer, state)
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training

@@ -98,3 +98,18 @@ def test_tokenised_features_are_read_back_from_the_cache(tiny_bert, tmp_path):
     assert first.cache_files and first.cache_files == again.cache_files  # the same cache file: not tokenised twice
     other = task.features(config.replace(max_length=16), tokenizer, rows, state, purpose="train")
     assert other.cache_files != first.cache_files  # another option, other features
+
+
+def test_every_task_names_a_shipped_metric_module():
+    """The module each task scores with is loaded before training (a broken one fails before the first step, and
+    the import of evaluate is not paid inside the first evaluation); each named module must ship with ftune."""
+    from ftune.metrics import METRICS_DIR
+    from ftune.tasks import all_tasks
+    from ftune.tasks.classify.problems import PROBLEMS
+
+    named = {task.name: task.metric_module for task in all_tasks()}
+    assert named["lm"] is None  # the causal LM computes its loss and perplexity itself
+    modules = {m for m in named.values() if m} | {problem.metric_module for problem in PROBLEMS.values()}
+    assert {"classification", "multilabel", "regression", "seqeval_ner", "squad", "rouge", "translation"} <= modules
+    for module in modules:
+        assert (METRICS_DIR / f"{module}.py").is_file(), module

@@ -76,6 +76,7 @@ class Task:
     greater_is_better: bool = True
     reported_metrics: tuple[str, ...] = ()  # what `metrics` reports (without "eval_"), e.g. for `ftune sweep --metric`
     generates_text: bool = False        # `ftune generate` serves its runs
+    metric_module: Optional[str] = None  # the ftune.metrics module `metrics` scores with, if any
     eager_attention_on_cpu: bool = False  # bf16 training on CPU is faster with eager attention (encoders; bench/)
     predict_inputs: tuple[PredictInput, ...] = ()
     predict_settings: tuple[PredictSetting, ...] = ()
@@ -98,6 +99,10 @@ class Task:
     def prepare_state(self, config: TrainConfig, split, columns: dict[str, Optional[str]]) -> dict[str, Any]:
         """Check the rows and derive what the run must remember (labels, columns); saved in ftune.yaml."""
         return {"columns": columns}
+
+    def metric_module_for(self, state: dict[str, Any]) -> Optional[str]:
+        """The ftune.metrics module that scores this run (None: the task computes its figures itself)."""
+        return self.metric_module
 
     def check_rows(self, config: TrainConfig, state: dict[str, Any], rows, where: str) -> None:
         """Raise UsageError if rows given to `ftune eval --data` cannot be scored by this run."""

@@ -36,6 +36,7 @@ class SummarizeTask(Seq2SeqTask):
     summary = "Fine-tune a seq2seq model for summarisation."
     options_class = SummarizeOptions
     main_metric = "rougeL"
+    metric_module = "rouge"
     reported_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len")
     source_columns = ("article", "document", "text", "dialogue")
     target_columns = ("highlights", "summary")
@@ -49,7 +50,7 @@ class SummarizeTask(Seq2SeqTask):
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric
 
-        scores = load_metric("rouge").compute(predictions=[o["prediction"] for o in outputs], references=references)
+        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs], references=references)
         figures = {**{k: scores[k] for k in ROUGE_TYPES}, "gen_len": mean_generated_length(outputs)}
         return Scores(metrics=figures, table=examples_table(outputs, references))
 

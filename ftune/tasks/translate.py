@@ -79,6 +79,7 @@ class TranslateTask(Seq2SeqTask):
     summary = "Fine-tune a seq2seq model for translation (BLEU and chrF)."
     options_class = TranslateOptions
     main_metric = "bleu"
+    metric_module = "translation"
     reported_metrics = ("bleu", "chrf", "gen_len")
     source_role = "source text"
     target_role = "target text"
@@ -185,7 +186,7 @@ class TranslateTask(Seq2SeqTask):
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric
 
-        scores = load_metric("translation").compute(predictions=[o["prediction"] for o in outputs],
+        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs],
                                                     references=references)
         figures = {"bleu": scores["bleu"], "chrf": scores["chrf"], "gen_len": mean_generated_length(outputs)}
         return Scores(metrics=figures, details={k: v for k, v in scores.items() if k not in ("bleu", "chrf")},

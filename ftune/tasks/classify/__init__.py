@@ -170,6 +170,9 @@ class ClassifyTask(Task):
     def references(self, config, state, rows):
         return problem_of(state).references(config, state, rows)
 
+    def metric_module_for(self, state):
+        return problem_of(state).metric_module
+
     def metrics(self, config, state, outputs, references, features):
         return problem_of(state).scores(state, outputs, references)
 

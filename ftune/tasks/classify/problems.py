@@ -41,6 +41,7 @@ class Problem:
     name: str
     labels_required: bool = True    # every row must have a value in the label column
     metric_names: tuple[str, ...] = ()  # what `scores` reports (without "eval_")
+    metric_module: str                  # the ftune.metrics module `scores` computes them with
 
     def stratify_by(self, config, column: str):
         """A function giving each row's stratum for the held-out carve, or None for a plain random carve."""
@@ -92,6 +93,7 @@ def check_unseen(found, labels: list[str]) -> None:
 
 class SingleLabel(Problem):
     name = SINGLE_LABEL
+    metric_module = "classification"
     metric_names = ("accuracy", "f1", "precision", "recall")
 
     def stratify_by(self, config, column):
@@ -138,7 +140,7 @@ class SingleLabel(Problem):
 
         labels = state["labels"]
         index = {name: i for i, name in enumerate(labels)}
-        scores = load_metric("classification").compute(
+        scores = load_metric(self.metric_module).compute(
             predictions=[index[o["prediction"]] for o in outputs], references=[index[r] for r in references],
             num_labels=len(labels))
         per_class = {labels[i]: figures for i, figures in scores["per_class"].items()}
@@ -163,6 +165,7 @@ class SingleLabel(Problem):
 
 class MultiLabel(Problem):
     name = MULTI_LABEL
+    metric_module = "multilabel"
     metric_names = ("f1", "f1_micro", "accuracy", "precision", "recall")
     labels_required = False     # a row may have no label at all
 
@@ -218,7 +221,7 @@ class MultiLabel(Problem):
         from ftune.metrics import load_metric
 
         labels = state["labels"]
-        scores = load_metric("multilabel").compute(
+        scores = load_metric(self.metric_module).compute(
             predictions=[indicators(o["prediction"], labels, int) for o in outputs],
             references=[indicators(names, labels, int) for names in references])
         per_label = {labels[i]: figures for i, figures in scores["per_label"].items()}
@@ -244,6 +247,7 @@ def indicators(names, labels: list[str], kind=int) -> list:
 
 class Regression(Problem):
     name = REGRESSION
+    metric_module = "regression"
     metric_names = ("mse", "mae", "pearson", "spearman")
 
     def prepare(self, config, split, column):
@@ -274,7 +278,7 @@ class Regression(Problem):
     def scores(self, state, outputs, references):
         from ftune.metrics import load_metric
 
-        scores = load_metric("regression").compute(predictions=[o["prediction"] for o in outputs],
+        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs],
                                                    references=references)
         return Scores(metrics=dict(scores))
 

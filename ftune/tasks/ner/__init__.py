@@ -55,6 +55,7 @@ class NerTask(Task):
     peft_task_type = "TOKEN_CLS"  # peft then also trains and saves the classifier head
     eager_attention_on_cpu = True
     main_metric = "f1"
+    metric_module = "seqeval_ner"
     reported_metrics = ("precision", "recall", "f1", "accuracy")
     predict_inputs = (PredictInput("texts", "--text", "Input text (repeatable)."),)
 
@@ -171,7 +172,7 @@ class NerTask(Task):
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric
 
-        scores = load_metric("seqeval_ner").compute(predictions=[o["prediction"] for o in outputs],
+        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs],
                                                     references=references)
         per_type = scores.pop("per_type")
         return Scores(metrics={**scores, "words": sum(len(r) for r in references)},

@@ -50,6 +50,7 @@ class QATask(Task):
     peft_task_type = "QUESTION_ANS"  # peft then also trains and saves the qa_outputs head
     eager_attention_on_cpu = True
     main_metric = "f1"
+    metric_module = "squad"
     reported_metrics = ("exact_match", "f1")
     predict_inputs = (PredictInput("questions", "--question", "Question (repeatable, with --context)."),
                       PredictInput("contexts", "--context", "Context to answer from: one for all questions, or "
@@ -151,7 +152,7 @@ class QATask(Task):
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric
 
-        scores = load_metric("squad").compute(predictions=[o["prediction"] for o in outputs], references=references,
+        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs], references=references,
                                               version_2=state["version_2"])
         return Scores(metrics={**scores, "windows": len(features)})
 
