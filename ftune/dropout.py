@@ -6,9 +6,9 @@ without): attention dropout alone masks batch x heads x tokens x tokens values p
 
 `cpu_dropout()` is a scope in which `torch.nn.functional.dropout` (what `nn.Dropout` and the attention functions
 call) on a CPU tensor draws its mask from NumPy's SFC64 generator in blocks spread over PyTorch's threads. The
-result is dropout as defined: each value is kept with probability 1 - p (to within 2^-33) and scaled by 1 / (1 - p);
-the drawing threads write the scaled mask directly in the values' type (as PyTorch holds its own), so applying it
-is one multiplication. The gradient flows through the kept values only. Every mask is seeded from PyTorch's own
+result is dropout as defined: each value is kept with probability 1 - p (to within 2^-17: 16 random bits
+decide each value) and scaled by 1 / (1 - p); the drawing threads write the scaled mask directly in the
+values' type (as PyTorch holds its own), so applying it is one multiplication. The gradient flows through the kept values only. Every mask is seeded from PyTorch's own
 generator, so a seeded run repeats exactly, a resumed run draws the masks an uninterrupted one would (the Trainer
 saves and restores that generator), and the masks do not depend on the number of threads. They differ from the
 masks PyTorch would draw, as two seeds' masks do.
@@ -42,7 +42,7 @@ def scaled_mask(shape, p: float, dtype):
 
     numel = math.prod(shape)
     seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64))
-    threshold = np.uint32(min(max(round(p * 2**32), 1), 2**32 - 1))
+    threshold = np.uint16(min(max(round(p * 2**16), 1), 2**16 - 1))  # 16 random bits decide a value
     scale = torch.tensor(1.0 / (1.0 - p), dtype=dtype)
     bits_of, same_size = {2: (np.uint16, torch.int16), 4: (np.uint32, torch.int32),
                           8: (np.uint64, torch.int64)}[scale.element_size()]
@@ -51,8 +51,8 @@ def scaled_mask(shape, p: float, dtype):
 
     def fill(block: int) -> None:
         part = mask[block * BLOCK:(block + 1) * BLOCK]
-        bits = np.random.SFC64(np.random.SeedSequence((seed, block))).random_raw((len(part) + 1) // 2)
-        np.multiply(bits.view(np.uint32)[:len(part)] >= threshold, scale_bits, out=part)
+        bits = np.random.SFC64(np.random.SeedSequence((seed, block))).random_raw((len(part) + 3) // 4)
+        np.multiply(bits.view(np.uint16)[:len(part)] >= threshold, scale_bits, out=part)
 
     blocks = -(-numel // BLOCK)
     if blocks > 1 and torch.get_num_threads() > 1:
