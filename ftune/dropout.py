@@ -6,12 +6,12 @@ without): attention dropout alone masks batch x heads x tokens x tokens values p
 
 `cpu_dropout()` is a scope in which `torch.nn.functional.dropout` (what `nn.Dropout` and the attention functions
 call) on a CPU tensor draws its mask from NumPy's SFC64 generator in blocks spread over PyTorch's threads. The
-result is dropout as defined: each value is kept with probability 1 - p (to within 2^-17: 16 random bits
-decide each value) and scaled by 1 / (1 - p); the drawing threads write the scaled mask directly in the
-values' type (as PyTorch holds its own), so applying it is one multiplication. The gradient flows through the kept values only. Every mask is seeded from PyTorch's own
-generator, so a seeded run repeats exactly, a resumed run draws the masks an uninterrupted one would (the Trainer
-saves and restores that generator), and the masks do not depend on the number of threads. They differ from the
-masks PyTorch would draw, as two seeds' masks do.
+result is dropout as defined: each value is kept with probability 1 - p (to within 2^-17: 16 random bits decide
+each value) and scaled by 1 / (1 - p); the drawing threads write the scaled mask directly in the values' type (as
+PyTorch holds its own), so applying it is one multiplication. The gradient flows through the kept values only.
+Every mask is seeded from PyTorch's own generator, so a seeded run repeats exactly, a resumed run draws the masks
+an uninterrupted one would (the Trainer saves and restores that generator), and the masks do not depend on the
+number of threads. They differ from the masks PyTorch would draw, as two seeds' masks do.
 """
 
 from __future__ import annotations

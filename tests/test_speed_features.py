@@ -113,3 +113,31 @@ def test_every_task_names_a_shipped_metric_module():
     assert {"classification", "multilabel", "regression", "seqeval_ner", "squad", "rouge", "translation"} <= modules
     for module in modules:
         assert (METRICS_DIR / f"{module}.py").is_file(), module
+
+
+def test_rows_taken_from_a_chunked_table_are_the_rows_asked_for(tmp_path):
+    """take_rows copies rows part by part from the slice each part spans (never the whole table at once): the
+    result equals Arrow's own take, for sorted, shuffled and repeated positions across many chunks."""
+    import pyarrow as pa
+
+    from ftune.data import _write_rows, load_source, take_rows
+
+    n = 1000
+    whole = pa.table({"text": [f"row {i}" for i in range(n)], "label": [i % 3 for i in range(n)]})
+    chunked = pa.concat_tables([whole.slice(i, 37) for i in range(0, n, 37)])
+    assert chunked.column("text").num_chunks > 20
+    rng = np.random.default_rng(0)
+    for indices in (np.sort(rng.choice(n, 300, replace=False)), rng.permutation(n)[:500], np.array([5, 5, 999, 0])):
+        path = tmp_path / f"rows-{len(indices)}.arrow"
+        _write_rows(chunked, indices, path, chunk=64)
+        with pa.memory_map(str(path)) as source:
+            written = pa.ipc.open_stream(source).read_all()
+        assert written.to_pylist() == whole.take(pa.array(indices)).to_pylist()
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": f"row {i}", "label": i % 3}) + "\n" for i in range(n)))
+    rows = load_source(str(data))["train"]
+    picked = np.sort(rng.choice(n, 200, replace=False))
+    taken = take_rows(rows, picked)
+    assert taken.to_list() == rows.select(picked).to_list()
+    assert take_rows(rows, range(10, 20)).to_list() == rows.select(range(10, 20)).to_list()

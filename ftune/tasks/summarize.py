@@ -50,7 +50,8 @@ class SummarizeTask(Seq2SeqTask):
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric
 
-        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs], references=references)
+        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs],
+                                                         references=references)
         figures = {**{k: scores[k] for k in ROUGE_TYPES}, "gen_len": mean_generated_length(outputs)}
         return Scores(metrics=figures, table=examples_table(outputs, references))
 

@@ -152,8 +152,8 @@ class QATask(Task):
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric
 
-        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs], references=references,
-                                              version_2=state["version_2"])
+        scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs],
+                                                         references=references, version_2=state["version_2"])
         return Scores(metrics={**scores, "windows": len(features)})
 
     # ---- inference --------------------------------------------------------------------------------
