@@ -74,8 +74,9 @@ def run_ftune(model: str, data: Path, out: Path, args) -> dict:
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                "--max-length", str(args.max_length), "--seed", "42", "--logging-steps", "1000",
                *args.ftune_args.split()]
+    sys.argv = ["ftune", *command]  # run as the `ftune` console script runs, exit included
     try:
-        main(command)
+        main()
     except SystemExit as exc:
         if exc.code:
             raise

@@ -79,7 +79,7 @@ def multi(tmp_path_factory, tiny_bert):
     rows = multi_label_rows(96)
     data = write_jsonl(base / "data.jsonl", rows)
     result = train(base / "run", "--model", tiny_bert, "--data", data, "--problem-type", "multi-label",
-                   "--val-fraction", "0.25", "--epochs", "6", "--lr", "3e-3", *TINY)
+                   "--val-fraction", "0.25", "--epochs", "10", "--lr", "5e-3", *TINY)
     return base / "run", rows, result
 
 
