@@ -2,24 +2,18 @@
 
     python tests/helpers/kill_during_sweep.py 1 sweep classify --data ... --output-dir SWEEP ...
 
-The sweep is killed once trial NUMBER has written a complete checkpoint, so the trial is caught mid-run with a
-half-made run folder. The kill is the real thing (os.kill(getpid(), SIGKILL)): nothing in the sweep gets to clean up,
-and its trial process is left to the kernel's parent-death signal.
+The sweep is killed when trial NUMBER reports an evaluation after it has written a complete checkpoint. A trial waits
+for the sweep's answer to each evaluation, so it is caught mid-run, with a half-made run folder, whatever the speed
+of the machine. The kill is the real thing (os.kill(getpid(), SIGKILL)): nothing in the sweep gets to clean up, and
+its trial process is left to the kernel's parent-death signal (or, if it wakes first, to the end of its answers).
+Before the kill, the trial's process id goes to stderr as `trial process PID`.
 """
 
 import os
 import runpy
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
-
-
-def kill_when_checkpointed(folder: Path) -> None:
-    while not any(folder.glob("checkpoint-*/.ftune-complete")):
-        time.sleep(0.02)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:
@@ -32,7 +26,17 @@ def main() -> None:
     def run_trial_process(spec, **kwargs):
         folder = Path(spec["config"]["output_dir"])
         if folder.name == f"trial-{number:03d}":
-            threading.Thread(target=kill_when_checkpointed, args=(folder,), daemon=True).start()
+            answer, processes = kwargs["report"], kwargs["processes"]
+
+            def report(evaluation, value, last):
+                if any(folder.glob("checkpoint-*/.ftune-complete")):
+                    for process in processes:  # the caller waits for the trial to end before it resumes
+                        sys.stderr.write(f"trial process {process.pid}\n")
+                    sys.stderr.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return answer(evaluation, value, last)
+
+            kwargs["report"] = report
         return original(spec, **kwargs)
 
     workers.run_trial_process = run_trial_process
