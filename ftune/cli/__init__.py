@@ -70,9 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     set_debug("--debug" in args)
     if argv is None:
-        # A whole process. Importing torch, transformers and datasets leaves ~435,000 objects, and at Python's
-        # default threshold (a collection every 700 new objects) the collector walks the growing heap about a
-        # hundred times on the way. Every 20,000 new objects frees cycles promptly all the same.
+        # A whole process. Importing torch, transformers and datasets leaves ~435,000 objects; at Python's default
+        # threshold (a collection every 700 new objects) that is ~1,000 collections on the way, ~100 of them over
+        # the older generations too. Every 20,000 new objects frees cycles promptly all the same.
         gc.set_threshold(20_000, *gc.get_threshold()[1:])
     try:
         code = app(args=args, prog_name="ftune", standalone_mode=False)

@@ -20,6 +20,7 @@ def main() -> None:
     number = int(sys.argv[1])
     sys.argv = ["ftune", *sys.argv[2:]]
     import ftune.sweep.workers as workers
+    from ftune.folders import last_complete_checkpoint
 
     original = workers.run_trial_process
 
@@ -29,7 +30,7 @@ def main() -> None:
             answer, processes = kwargs["report"], kwargs["processes"]
 
             def report(evaluation, value, last):
-                if any(folder.glob("checkpoint-*/.ftune-complete")):
+                if last_complete_checkpoint(folder) is not None:
                     for process in processes:  # the caller waits for the trial to end before it resumes
                         sys.stderr.write(f"trial process {process.pid}\n")
                     sys.stderr.flush()
