@@ -77,7 +77,7 @@ class Task:
     reported_metrics: tuple[str, ...] = ()  # what `metrics` reports (without "eval_"), e.g. for `ftune sweep --metric`
     generates_text: bool = False        # `ftune generate` serves its runs
     metric_module: Optional[str] = None  # the ftune.metrics module `metrics` scores with, if any
-    eager_attention_on_cpu: bool = False  # bf16 training on CPU is faster with eager attention (encoders; bench/)
+    eager_attention_on_cpu: bool = False  # training on CPU is faster with eager attention (encoders; bench/)
     predict_inputs: tuple[PredictInput, ...] = ()
     predict_settings: tuple[PredictSetting, ...] = ()
 
@@ -153,7 +153,7 @@ class Task:
         model = self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
                                                      **quantization_kwargs(config))
         if self.eager_attention_on_cpu:
-            use_training_attention(model, config.precision)
+            use_training_attention(model)
         return model
 
     # ---- features and training --------------------------------------------------------------------
