@@ -141,3 +141,51 @@ def test_rows_taken_from_a_chunked_table_are_the_rows_asked_for(tmp_path):
     taken = take_rows(rows, picked)
     assert taken.to_list() == rows.select(picked).to_list()
     assert take_rows(rows, range(10, 20)).to_list() == rows.select(range(10, 20)).to_list()
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_first_token_last_layer_gives_the_whole_layers_logits_loss_and_gradients(tiny_bert, attention):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ftune.first_token import first_token_last_layer, restore_last_layer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
+    model.set_attn_implementation(attention)
+    model.eval()  # no dropout: the two forms must agree value for value
+    input_ids = torch.randint(5, 100, (4, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0  # padded rows: their keys are masked out of the first token's attention too
+    attention_mask[3, 3:] = 0
+    labels = torch.tensor([0, 2, 1, 2])
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        out.loss.backward()
+        return out.logits.detach(), out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                        if p.grad is not None}
+
+    logits, loss, grads = run()
+    assert first_token_last_layer(model)
+    assert not first_token_last_layer(model)  # once only
+    first_logits, first_loss, first_grads = run()
+    torch.testing.assert_close(first_logits, logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first_loss, loss, rtol=1e-5, atol=1e-6)
+    assert first_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(first_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    restore_last_layer(model)
+    restored_logits, _, _ = run()
+    assert torch.equal(restored_logits, logits)  # the layer's own forward again, bit for bit
+
+
+def test_first_token_last_layer_leaves_other_classifiers_alone(tiny_gpt2):
+    from transformers import AutoModelForSequenceClassification
+
+    from ftune.first_token import first_token_last_layer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_gpt2), num_labels=2)
+    assert not first_token_last_layer(model)  # GPT-2 reads the last token
+

@@ -138,6 +138,16 @@ class ClassifyTask(Task):
     def base_model_kwargs(self, state):
         return problem_of(state).model_kwargs(state)
 
+    def load_model(self, config, tokenizer, state):
+        import torch
+
+        from ftune.first_token import first_token_last_layer
+
+        model = super().load_model(config, tokenizer, state)
+        if not torch.cuda.is_available():  # measured on CPUs (ftune.first_token); ftune.train restores it
+            first_token_last_layer(model)
+        return model
+
     def trainer_class(self):
         from ftune.tasks.classify.trainer import ClassifyTrainer
 
