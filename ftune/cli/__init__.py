@@ -20,6 +20,7 @@ from ftune.cli.run_commands import eval_command, make_predict_command, merge_com
 from ftune.cli.runs import push_command, runs_command
 from ftune.cli.sweep import make_sweep_app
 from ftune.cli.train_commands import make_train_command
+from ftune.memory import keep_freed_memory
 from ftune.tasks import all_tasks
 
 app = typer.Typer(
@@ -74,6 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # threshold (a collection every 700 new objects) that is ~1,000 collections on the way, ~100 of them over
         # the older generations too. Every 20,000 new objects frees cycles promptly all the same.
         gc.set_threshold(20_000, *gc.get_threshold()[1:])
+        keep_freed_memory()  # training steps reuse freed memory instead of faulting in fresh pages (ftune.memory)
     try:
         code = app(args=args, prog_name="ftune", standalone_mode=False)
     except typer.TyperException as exc:  # the parser's usage errors: unknown option, bad value ...
