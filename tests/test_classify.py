@@ -291,3 +291,34 @@ def test_eval_on_other_data_never_replaces_the_recorded_results(full_run, ftune,
     assert {name: (full_run / name).read_bytes() for name in recorded} == recorded
     again = ftune("eval", full_run, "--data", other)  # an earlier result folder of ftune's is rewritten
     assert again.exit_code == 0, again
+
+
+def test_trained_with_the_first_token_layer_and_scored_with_the_models_own(tiny_bert, sentiment_file, tmp_path,
+                                                                            monkeypatch):
+    """On a CPU the last layer trains at the first token only (ftune.first_token); the final scoring and the
+    saved model use the layer's own forward, as `ftune eval` loads it."""
+    import torch
+
+    import ftune.first_token
+    import ftune.train
+
+    if torch.cuda.is_available():
+        pytest.skip("the first-token layer is applied on CPUs only")
+    patched, own_when_scored = [], []
+    first_token = ftune.first_token.first_token_last_layer
+    score = ftune.train.score_held_out
+
+    def recording_first_token(model):
+        patched.append(first_token(model))
+        return patched[-1]
+
+    def recording_score(task, config, trainer, prepared):
+        own_when_scored.append("forward" not in prepared.model.bert.encoder.layer[-1].__dict__)
+        return score(task, config, trainer, prepared)
+
+    monkeypatch.setattr(ftune.first_token, "first_token_last_layer", recording_first_token)
+    monkeypatch.setattr(ftune.train, "score_held_out", recording_score)
+    result = invoke("classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", tmp_path / "run",
+                    *FAST)
+    assert result.exit_code == 0, result
+    assert patched == [True] and own_when_scored == [True]
