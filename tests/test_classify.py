@@ -295,8 +295,9 @@ def test_eval_on_other_data_never_replaces_the_recorded_results(full_run, ftune,
 
 def test_trained_with_the_first_token_layer_and_scored_with_the_models_own(tiny_bert, sentiment_file, tmp_path,
                                                                             monkeypatch):
-    """On a CPU the last layer trains at the first token only (ftune.first_token); the final scoring and the
-    saved model use the layer's own forward, as `ftune eval` loads it."""
+    """On a CPU the last layer trains at the first token only (ftune.first_token) and attention is eager
+    (ftune.precision); the final scoring and the saved model use the model's own layer and attention, as
+    `ftune eval` loads it."""
     import torch
 
     import ftune.first_token
@@ -309,11 +310,12 @@ def test_trained_with_the_first_token_layer_and_scored_with_the_models_own(tiny_
     score = ftune.train.score_held_out
 
     def recording_first_token(model):
-        patched.append(first_token(model))
-        return patched[-1]
+        patched.append((first_token(model), model.config._attn_implementation))
+        return patched[-1][0]
 
     def recording_score(task, config, trainer, prepared):
-        own_when_scored.append("forward" not in prepared.model.bert.encoder.layer[-1].__dict__)
+        own_when_scored.append(("forward" not in prepared.model.bert.encoder.layer[-1].__dict__,
+                                prepared.model.config._attn_implementation))
         return score(task, config, trainer, prepared)
 
     monkeypatch.setattr(ftune.first_token, "first_token_last_layer", recording_first_token)
@@ -321,4 +323,4 @@ def test_trained_with_the_first_token_layer_and_scored_with_the_models_own(tiny_
     result = invoke("classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", tmp_path / "run",
                     *FAST)
     assert result.exit_code == 0, result
-    assert patched == [True] and own_when_scored == [True]
+    assert patched == [(True, "eager")] and own_when_scored == [(True, "sdpa")]  # sdpa: the tiny model's own
