@@ -181,6 +181,29 @@ def test_first_token_last_layer_gives_the_whole_layers_logits_loss_and_gradients
     assert torch.equal(restored_logits, logits)  # the layer's own forward again, bit for bit
 
 
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta", "camembert", "electra"])
+def test_first_token_last_layer_serves_every_family_it_names(model_type):
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ftune.first_token import first_token_last_layer
+
+    extra = {"embedding_size": 16} if model_type == "electra" else {}
+    config = AutoConfig.for_model(model_type, vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                  num_labels=3, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    input_ids = torch.randint(5, 100, (3, 10))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert first_token_last_layer(model)
+        first = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(first, logits, rtol=1e-5, atol=1e-6)
+
+
 def test_first_token_last_layer_leaves_other_classifiers_alone(tiny_gpt2):
     from transformers import AutoModelForSequenceClassification
 
