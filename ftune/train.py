@@ -209,8 +209,6 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Se
 
 def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepared, checkpoint, *,
            resume: bool, callbacks: Sequence[Any] = ()) -> None:
-    from ftune.first_token import restore_last_layer
-    from ftune.precision import restore_attention
     from ftune.progress import report_end, report_start
     from ftune.trainers import whole_run_train_loss
 
@@ -230,8 +228,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
                      "no complete checkpoint to resume from yet; starting the run from the beginning")
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    restore_attention(prepared.model)  # scored and saved with its own attention and layers, as `ftune eval` loads it
-    restore_last_layer(prepared.model)
+    task.restore_for_scoring(prepared.model)  # scored and saved as `ftune eval` loads it
     trainer.save_model(str(run.path))
     evaluation = score_held_out(task, config, trainer, prepared)
     train_metrics = None

@@ -156,6 +156,13 @@ class Task:
             use_training_attention(model)
         return model
 
+    def restore_for_scoring(self, model) -> None:
+        """Undo what `load_model` changed for training only, before the model is scored and saved, so the final
+        figures are those `ftune eval` computes with the model as saved."""
+        from ftune.precision import restore_attention
+
+        restore_attention(model)
+
     # ---- features and training --------------------------------------------------------------------
     def features(self, config: TrainConfig, tokenizer, rows, state: dict[str, Any], *, purpose: str):
         """Model features of `rows`; `purpose` is "train", "eval" (with references) or "predict" (without)."""

@@ -144,9 +144,15 @@ class ClassifyTask(Task):
         from ftune.first_token import first_token_last_layer
 
         model = super().load_model(config, tokenizer, state)
-        if not torch.cuda.is_available():  # measured on CPUs (ftune.first_token); ftune.train restores it
+        if not torch.cuda.is_available():  # measured on CPUs (ftune.first_token)
             first_token_last_layer(model)
         return model
+
+    def restore_for_scoring(self, model):
+        from ftune.first_token import restore_last_layer
+
+        super().restore_for_scoring(model)
+        restore_last_layer(model)
 
     def trainer_class(self):
         from ftune.tasks.classify.trainer import ClassifyTrainer
