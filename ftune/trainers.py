@@ -48,43 +48,6 @@ class FtuneTrainer(Trainer):
                             "complete checkpoints are kept")
         return loss
 
-    def create_optimizer(self, model=None):
-        """The Trainer's fused AdamW; on a CPU, where ftune.embedding_rows applies, one that updates the input
-        embedding's used rows only."""
-        from ftune.embedding_rows import rowwise_adamw
-
-        optimizer = super().create_optimizer(model)
-        rowwise = rowwise_adamw(self.model if model is None else model, optimizer, self.args)
-        if rowwise is not None:
-            self.optimizer = optimizer = rowwise
-        return optimizer
-
-    def train(self, *args, **kwargs):
-        from ftune.embedding_rows import restore_dense_gradients
-
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            restore_dense_gradients(self.model)
-
-    def _clip_grad_norm(self, model):
-        if not self._has_sparse_grads(model):
-            return super()._clip_grad_norm(model)
-        from ftune.embedding_rows import clip_grad_norm
-
-        return clip_grad_norm(model.parameters(), self.args.max_grad_norm)
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        if grad_norm is None and self._has_sparse_grads(model):
-            from ftune.embedding_rows import clip_grad_norm
-
-            return clip_grad_norm(model.parameters(), float("inf"))
-        return super()._get_grad_norm(model, grad_norm)
-
-    @staticmethod
-    def _has_sparse_grads(model) -> bool:
-        return any(p.grad is not None and p.grad.is_sparse for p in model.parameters())
-
     def _dropout(self):
         """ftune's CPU dropout (ftune.dropout) while training on a CPU; PyTorch's where a compiled graph or
         recomputed activations (which would redraw masks outside this scope) could not use it."""
