@@ -323,4 +323,54 @@ def test_trained_with_the_first_token_layer_and_scored_with_the_models_own(tiny_
     result = invoke("classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", tmp_path / "run",
                     *FAST)
     assert result.exit_code == 0, result
-    assert patched == [(True, "eager")] and own_when_scored == [(True, "sdpa")]  # sdpa: the tiny model's own
+    assert patched == [(True, "eager")]
+    # Scored once, or twice when the last evaluation (the first scoring) was not the best; sdpa: the tiny model's own.
+    assert own_when_scored and all(scored == (True, "sdpa") for scored in own_when_scored)
+
+
+@pytest.mark.parametrize("best", ["last", "first"])
+def test_the_last_evaluation_is_the_final_scoring_and_is_not_done_twice(best, tiny_bert, sentiment_file, tmp_path,
+                                                                         monkeypatch):
+    """On a CPU in fp32 the evaluation at the last step is the final scoring itself (the model as saved, scored as
+    `ftune eval` scores it); it is reused when it is the best, and the best weights are scored again when an earlier
+    evaluation was better. Either way the results are those of a run that scores the held-out rows afterwards."""
+    import ftune.train
+    from ftune.trainers import BestModel
+
+    original = BestModel.on_evaluate
+
+    def chosen_is_best(self, args, state, control, **kwargs):  # whatever the metrics say (they often tie here)
+        if best == "last":
+            self.best = None  # every evaluation beats "none so far": the last one is the best
+        elif self.best is not None:
+            return control  # the first one stays the best
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(BestModel, "on_evaluate", chosen_is_best)
+    scored = []
+    score_held_out = ftune.train.score_held_out
+    monkeypatch.setattr(ftune.train, "score_held_out", lambda *a, **k: scored.append(1) or score_held_out(*a, **k))
+    args = ["classify", "--model", tiny_bert, "--data", sentiment_file, "--val-fraction", "0.25", *FAST,
+            "--epochs", "2"]
+    result = invoke(*args, "--output-dir", tmp_path / "run")
+    assert result.exit_code == 0, result
+    assert len(scored) == (1 if best == "last" else 2)
+
+    monkeypatch.setattr(ftune.train, "_last_evaluation_is_final_scoring", lambda *a: False)
+    scored.clear()
+    reference = invoke(*args, "--output-dir", tmp_path / "reference")
+    assert reference.exit_code == 0, reference
+    assert len(scored) == 1
+    run, ref = tmp_path / "run", tmp_path / "reference"
+    assert read_json(run / "eval_results.json") == read_json(ref / "eval_results.json")
+    assert read_jsonl(run / "eval_predictions.jsonl") == read_jsonl(ref / "eval_predictions.jsonl")
+    assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    evaluations = [e for e in read_json(run / "trainer_state.json")["log_history"] if "eval_loss" in e]
+    assert [e["step"] for e in evaluations] == [e["step"] for e in read_json(ref / "trainer_state.json")["log_history"]
+                                                if "eval_loss" in e]
+    final = read_json(run / "eval_results.json")
+    if best == "last":  # the last evaluation in the history is the final scoring
+        assert {k: evaluations[-1][k] for k in final if k != "eval_samples"} == \
+            {k: v for k, v in final.items() if k != "eval_samples"}
+    else:
+        assert final["eval_loss"] == pytest.approx(evaluations[0]["eval_loss"], rel=1e-4)
