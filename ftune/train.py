@@ -261,7 +261,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
 def _last_evaluation_is_final_scoring(config: TrainConfig, prepared: Prepared) -> bool:
     """Whether the evaluation at the last step can be the final scoring: where the training precision is the
     scoring precision and ftune keeps the best model itself. Measured on CPUs (one process, fp32), where it saves
-    one pass over the held-out rows whenever the last evaluation is the best (aclsum: ~1.5 s of a ~28 s run)."""
+    one pass over the held-out rows whenever the last evaluation is the best (aclsum end to end: 31.1 -> 28.7 s)."""
     import torch
 
     from ftune.precision import scoring_precision
