@@ -226,17 +226,11 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     if resume:
         console.info(f"resuming from {checkpoint.name}" if checkpoint else
                      "no complete checkpoint to resume from yet; starting the run from the beginning")
-    if _last_evaluation_is_final_scoring(config, prepared):
-        def final_scoring():
-            task.restore_for_scoring(prepared.model)  # training is over: scored as `ftune eval` loads it
-            return score_held_out(task, config, trainer, prepared)
-
-        trainer.final_scoring = final_scoring
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     task.restore_for_scoring(prepared.model)  # scored and saved as `ftune eval` loads it
     trainer.save_model(str(run.path))
-    evaluation = _final_evaluation(trainer, run) or score_held_out(task, config, trainer, prepared)
+    evaluation = score_held_out(task, config, trainer, prepared)
     train_metrics = None
     if main:
         from ftune.modelcard import model_card
@@ -256,30 +250,6 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
         run.remove_checkpoints()
         run.write_train_results(train_metrics)  # last: marks the run finished
     report_end(target, evaluation, len(split.eval), train_metrics)
-
-
-def _last_evaluation_is_final_scoring(config: TrainConfig, prepared: Prepared) -> bool:
-    """Whether the evaluation at the last step can be the final scoring: where the training precision is the
-    scoring precision and ftune keeps the best model itself. Measured on CPUs (one process, fp32), where it saves
-    one pass over the held-out rows whenever the last evaluation is the best (aclsum end to end: 31.1 -> 28.7 s)."""
-    import torch
-
-    from ftune.precision import scoring_precision
-
-    return (not torch.cuda.is_available() and dist.world_size() == 1 and not sharded_training(config)
-            and scoring_precision(prepared.precision) == prepared.precision)
-
-
-def _final_evaluation(trainer, run: RunDir):
-    """The final scoring done as the last step's evaluation, when the model in hand is still that step's (its
-    evaluation was the best, so BestModel did not put earlier weights back); else None."""
-    from ftune.trainers import BestModel
-
-    if trainer.final_evaluation is None:
-        return None
-    step, evaluation = trainer.final_evaluation
-    record = BestModel.record(run.path / BEST_MODEL_FOLDER)
-    return evaluation if record is None or record["step"] == step else None
 
 
 def score_held_out(task, config: TrainConfig, trainer, prepared: Prepared):

@@ -30,33 +30,6 @@ class FtuneTrainer(Trainer):
     # causal-LM trainer leaves the decision to transformers: those models do normalise by the token count.
     loss_is_scaled_for_ga = False
 
-    # ftune.train sets `final_scoring` (a callable giving the Evaluation of the model in hand, scored as `ftune eval`
-    # scores it) where the evaluation at the last step can be that scoring; `final_evaluation` keeps (step, result).
-    final_scoring = None
-    final_evaluation = None
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """The Trainer's evaluation; at the last step, where `final_scoring` is set, the final scoring instead (the
-        same held-out rows and metrics, the model as it is saved), so that the run does not score the same weights
-        twice when the last evaluation is the best."""
-        if (self.final_scoring is None or eval_dataset is not None or metric_key_prefix != "eval"
-                or self.state.global_step < self.state.max_steps):
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        import time
-
-        from transformers.trainer_utils import speed_metrics
-
-        started = time.time()
-        evaluation = self.final_scoring()
-        self.final_evaluation = (self.state.global_step, evaluation)
-        # In the Trainer's order: the loss first, then the task's metrics.
-        metrics = {k: v for k, v in sorted(evaluation.metrics.items(), key=lambda item: item[0] != "eval_loss")
-                   if k != "eval_samples"}
-        metrics.update(speed_metrics("eval", started, num_samples=evaluation.metrics.get("eval_samples")))
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
             return None  # as the base Trainer: with several ranks accelerate shards the rows in order
@@ -159,14 +132,9 @@ class BestModel(TrainerCallback):
         self.best: Optional[float] = None
 
     def _record(self) -> Optional[dict]:
-        return self.record(self.folder)
-
-    @classmethod
-    def record(cls, folder: Path) -> Optional[dict]:
-        """The step and metric of the best model kept in `folder`; None when none is."""
         import json
 
-        path = Path(folder) / cls.RECORD
+        path = self.folder / self.RECORD
         return json.loads(path.read_text()) if path.is_file() else None
 
     def on_train_begin(self, args, state, control, **kwargs):
