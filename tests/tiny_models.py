@@ -1,7 +1,12 @@
 """Tiny models and tokenizers built offline in well under a second, for the tests.
 
-Each builder trains a small tokenizer on `CORPUS` with the `tokenizers` library, wraps it in
-PreTrainedTokenizerFast and saves it with a small randomly initialised model (hidden 64, 2 layers).
+Each builder makes a small tokenizer from `corpus()` with the `tokenizers` library, wraps it in
+PreTrainedTokenizerFast and saves it with a small randomly initialised model (hidden 64, 2 layers, seeded).
+
+Every build gives the same files, byte for byte, in every process and on every machine (tests/test_tiny_models.py):
+a token's id picks its embedding row, so a vocabulary that moved between sessions moved every figure a test trains.
+The byte-level BPE trainer is deterministic (its alphabet is sorted, its merges ranked by count, then by ids); the
+WordPiece and Unigram vocabularies are computed here, since their trainers are not (see each builder).
 """
 
 from __future__ import annotations
@@ -27,6 +32,45 @@ def _seeded():
     torch.manual_seed(0)
 
 
+def _words(tok) -> dict[str, int]:
+    """How often each pre-tokenized word occurs in `corpus()`, in sorted order."""
+    counts: dict[str, int] = {}
+    for line in corpus():
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
+            counts[word] = counts.get(word, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _wordpiece_vocab(words: dict[str, int], specials: list[str], vocab_size: int) -> dict[str, int]:
+    """What WordPiece training learns (byte-pair merges, "##" marking a piece inside a word), computed in a fixed
+    order: the specials, the characters, the "##" characters (each group sorted), then the merge of the most frequent
+    adjacent pair, ties to the pair of lower ids as the trainer breaks them, until `vocab_size` or whole words. The
+    library's WordPieceTrainer numbers the "##" characters in the order of a hash map, so its ties, and its
+    vocabulary, changed from one process to the next."""
+    pieces = {word: [word[0]] + ["##" + c for c in word[1:]] for word in words}
+    vocab = specials + sorted({c for word in words for c in word}) + sorted({p for w in pieces.values() for p in w[1:]})
+    ids = {piece: i for i, piece in enumerate(vocab)}
+    while len(vocab) < vocab_size:
+        pairs: dict[tuple[str, str], int] = {}
+        for word, split in pieces.items():
+            for pair in zip(split, split[1:]):
+                pairs[pair] = pairs.get(pair, 0) + words[word]
+        if not pairs:
+            break
+        first, second = min(pairs, key=lambda pair: (-pairs[pair], ids[pair[0]], ids[pair[1]]))
+        merged = first + second[2:]
+        for split in pieces.values():
+            i = 0
+            while i < len(split) - 1:
+                if (split[i], split[i + 1]) == (first, second):
+                    split[i:i + 2] = [merged]
+                i += 1
+        if merged not in ids:
+            ids[merged] = len(vocab)
+            vocab.append(merged)
+    return ids
+
+
 def _fast(tokenizer_obj, **special):
     from transformers import PreTrainedTokenizerFast
 
@@ -35,14 +79,14 @@ def _fast(tokenizer_obj, **special):
 
 def build_bert(folder: Path) -> Path:
     """A BERT saved as BertForPreTraining (so the pooler is kept, and a reloaded classifier is identical)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertForPreTraining
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.model = models.WordPiece(_wordpiece_vocab(_words(tok), specials, 300), unk_token="[UNK]")
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -113,18 +157,19 @@ def build_bart(folder: Path) -> Path:
 
 
 def build_t5(folder: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5Config, T5ForConditionalGeneration
 
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     specials = ["<pad>", "</s>", "<unk>"]
-    tok.train_from_iterator(corpus(), trainers.UnigramTrainer(vocab_size=300, special_tokens=specials,
-                                                              unk_token="<unk>"))
-    # The trainer finds the same pieces every time but not the same scores (its sums run on threads), so the pieces
-    # are scored again, the same in every session: longer pieces first, which keeps whole words whole.
-    pieces = sorted(piece for piece in tok.get_vocab() if piece not in specials)
+    # The pieces a Unigram trainer keeps from this corpus (each word with and without the word-start mark, each
+    # character, the mark and the full stop), listed here: the trainer sums floats in a hash map's order, so which
+    # piece wins a near tie could change between processes, and its scores did. Longer pieces score higher, which
+    # keeps whole words whole.
+    words = {word.strip(".") for line in corpus() for word in line.split()}
+    pieces = sorted({"▁", "."} | {c for word in words for c in word} | words | {"▁" + word for word in words})
     tok.model = models.Unigram([(piece, 0.0) for piece in specials] + [(p, len(p) - 10.0) for p in pieces],
                                unk_id=specials.index("<unk>"))
     eos = tok.token_to_id("</s>")
