@@ -13,7 +13,6 @@ Only rank 0 writes files and prints; every rank computes the same split from the
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,9 +49,13 @@ def run_training(task, config: TrainConfig, *, resume: bool = False, overwrite: 
     if not config.output_dir:
         config = config.replace(output_dir=dist.broadcast_object(default_output_dir(task, config)))
     task.model_source(config).require()
+    # Checks only, before any data is read: a folder that cannot be written is refused now, not after tokenising.
     plan = plan_run_folder(Path(config.output_dir), resume=resume, overwrite=overwrite) \
         if dist.is_main_process() else None
     plan = dist.broadcast_object(plan)
+    if resume and not plan.resume and not plan.clear:
+        # Requeue scripts pass --resume every time, the first time too.
+        console.note(f"--resume: {plan.target} holds no run to continue yet; starting a new run")
     prepared = prepare(task, config, held_out=held_out)
     if plan.resume and dist.is_main_process():
         check_resume_matches(plan.workdir, task, config, prepared)
@@ -170,16 +173,18 @@ def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Pre
 
 
 def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Sequence[Any]) -> Path:
-    from ftune.folders import FolderLock, claim, drop_torn_checkpoints, last_complete_checkpoint, swap_into_place
+    from ftune.folders import claim_run_folder, drop_torn_checkpoints, last_complete_checkpoint, put_in_place
     from ftune.rundir import LOGS_FOLDER
     from ftune.tracking import logs_in
 
     main = dist.is_main_process()
-    lock = FolderLock(plan.workdir)
     run = RunDir(plan.workdir)
+    claim = None
     try:
         if main:
-            claim(plan, lock)
+            # Atomic: of several commands reaching for one folder, one holds it; the others stop here, having
+            # changed nothing (ftune.folders).
+            claim = claim_run_folder(plan)
             if plan.resume:
                 for torn in drop_torn_checkpoints(plan.workdir):
                     console.note(f"skipping {torn.name}: its save never completed")
@@ -190,21 +195,19 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Se
             run.write_split(prepared.split.record)
         with logs_in(plan.workdir / LOGS_FOLDER, config.report_to):  # trackers write into the run while it trains
             _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume, callbacks=callbacks)
-        if main:
-            lock.release()
-            if plan.staged:
-                swap_into_place(plan.workdir, plan.target)
+        if main and plan.staged:
+            put_in_place(claim, plan)
         dist.wait_for_everyone()
         return plan.target
     except UsageError:
-        # Bad input found after the folder was claimed: leave no half-made folder of ours behind.
-        if main and plan.created and last_complete_checkpoint(plan.workdir) is None:
-            lock.release()
-            shutil.rmtree(plan.workdir, ignore_errors=True)
+        # Bad input found after the folder was claimed: remove what this run wrote (only that), unless it
+        # continues a run or has a checkpoint to resume from.
+        if claim is not None and not plan.resume and last_complete_checkpoint(claim.path) is None:
+            claim.undo()
         raise
     finally:
-        if main:
-            lock.release()
+        if claim is not None:
+            claim.release()
 
 
 def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepared, checkpoint, *,

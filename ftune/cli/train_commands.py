@@ -126,8 +126,8 @@ def make_train_command(task):
 
 def _saved_config_layer(layers: list[tuple[str, dict]], overwrite: bool) -> list[tuple[str, dict]]:
     """On --resume the run's own ftune.yaml is the lowest layer, so the resumed run keeps its settings (with
-    --overwrite: the interrupted replacement's, in its staging folder)."""
-    from ftune.folders import staging_path
+    --overwrite: the interrupted replacement's, in its staging folder beside the real folder a link names)."""
+    from ftune.folders import run_workdir
 
     output_dir = None
     for _, layer in layers:
@@ -136,8 +136,7 @@ def _saved_config_layer(layers: list[tuple[str, dict]], overwrite: bool) -> list
                 output_dir = layer[key]
     if not output_dir:
         return []
-    folder = staging_path(Path(output_dir)) if overwrite else Path(output_dir)
-    saved = folder / "ftune.yaml"
+    saved = run_workdir(Path(output_dir), overwrite=overwrite) / "ftune.yaml"
     if not saved.is_file():
         return []
     return [(str(saved), read_yaml_layer(saved))]
