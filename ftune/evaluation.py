@@ -14,7 +14,7 @@ from typing import Optional
 
 from ftune import console
 from ftune.errors import UsageError
-from ftune.folders import mark_output, prepare_output_folder
+from ftune.folders import check_writable_folder, mark_output, prepare_output_folder
 from ftune.hub import ensure_offline_if_unreachable
 from ftune.pictures import draw_pictures, task_pictures
 from ftune.rundir import EVAL_PREDICTIONS, EVAL_RESULTS, RunDir, open_run
@@ -27,11 +27,13 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
     ensure_offline_if_unreachable()
     run = open_run(run_path)
     task, config = run.task, run.config
+    other_data = data is not None or split is not None
+    if output_dir is not None:  # checked before the data loads
+        _output_folder(run, Path(output_dir), other_data=other_data)
     rows, ids, described, default_target = _rows_to_score(run, data, data_config, split)
     if max_eval_samples is not None:
         rows, ids = rows.select(range(min(max_eval_samples, len(rows)))), ids[:max_eval_samples]
-    target = RunDir(_output_folder(run, Path(output_dir) if output_dir else default_target,
-                                   other_data=data is not None or split is not None))
+    target = RunDir(_output_folder(run, Path(output_dir) if output_dir else default_target, other_data=other_data))
 
     from ftune.models import load_run_model, load_run_tokenizer
     from ftune.trainers import inference_trainer
@@ -63,6 +65,7 @@ def _output_folder(run, path: Path, *, other_data: bool) -> Path:
         if other_data:
             raise UsageError("results on other data never replace the run's recorded results; pass another "
                              "--output-dir or leave it out (they go to a folder inside the run)")
+        check_writable_folder(path)
         return path
     return prepare_output_folder(path, "eval", refuse=(run.path,))
 

@@ -2,17 +2,16 @@
 
 The merged model is written into a folder of its own, marked as ftune merge output. `--overwrite` replaces only
 an earlier merge output, never the run, the base model, or a folder that holds either; the new model is built
-beside the old one and swapped in only when it is complete.
+beside the old one (beside the real folder, when --output-dir is a link) and swapped in only when it is complete.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ftune import console
 from ftune.errors import UsageError
-from ftune.folders import mark_output, prepare_output_folder, swap_into_place
+from ftune.folders import build_output, prepare_output_folder, publish_output
 from ftune.hub import ensure_offline_if_unreachable
 from ftune.rundir import open_run
 
@@ -33,18 +32,16 @@ def merge_run(run_path: Path, output_dir: Path, *, overwrite: bool = False) -> P
     model = load_run_model(run).merge_and_unload()
     tokenizer = load_run_tokenizer(run)
     # Built beside the target and moved in only when complete: a failed merge leaves nothing that looks merged.
-    build = output_dir.parent / f".{output_dir.name}.ftune-staging"
-    if build.exists():
-        shutil.rmtree(build)  # an unfinished earlier build of ours
-    mark_output(build, "merge", run=str(run.path.resolve()))
-    model.save_pretrained(str(build))
-    tokenizer.save_pretrained(str(build))
-    if output_dir.exists() and any(output_dir.iterdir()):
-        swap_into_place(build, output_dir)
-    else:
-        if output_dir.exists():
-            output_dir.rmdir()
-        build.rename(output_dir)
+    build = build_output(output_dir, "merge", run=str(run.path.resolve()))
+    try:
+        model.save_pretrained(str(build.path))
+        tokenizer.save_pretrained(str(build.path))
+        publish_output(build, output_dir, "merge")
+    except BaseException:
+        build.undo()
+        raise
+    finally:
+        build.release()
     console.info(f"merged {run.path} into {run.config.model}: standalone {type(model).__name__} saved to "
                  f"{output_dir}")
     return output_dir
