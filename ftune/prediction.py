@@ -2,12 +2,14 @@
 
 Inputs are the values of the task's own options (`--text`, `--question` ...; each task declares them) or the
 rows of an --input file; the task's predict settings (e.g. `--num-beams`) override the run's options for this
-call only. Predictions are JSON lines on stdout, or a .jsonl/.csv file.
+call only. Predictions are JSON lines on stdout, or a .jsonl/.csv file: an existing one is replaced only with
+--overwrite, and never the --input file or a file inside a folder ftune wrote (ftune.folders.plan_output_file).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -19,8 +21,10 @@ from ftune.rundir import open_run, write_jsonl
 
 
 def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[str, Any],
-                input_file: Optional[Path], output: Optional[Path], batch_size: int) -> list[dict]:
-    """Predict for the given inputs and write JSON lines (stdout) or a .jsonl/.csv file.
+                input_file: Optional[Path], output: Optional[Path], batch_size: int,
+                overwrite: bool = False) -> list[dict]:
+    """Predict for the given inputs and write JSON lines (stdout) or a .jsonl/.csv file (`overwrite`: it may
+    replace an existing file).
 
     `inputs` and `settings` hold the values of the predict options that were given, by flag
     (e.g. {"--text": ["..."]}, {"--num-beams": 2}); the run's task says which of them it takes.
@@ -36,6 +40,10 @@ def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[
         raise UsageError(f"{', '.join(foreign)} does not apply to {task.name} runs; they take {takes}")
     if output is not None and output.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise UsageError(f"--output {output}: use a .jsonl or .csv file name")
+    if output is not None:
+        from ftune.folders import plan_output_file
+
+        plan_output_file(output, overwrite=overwrite, inputs=[input_file])  # before the model loads
     if input_file is not None:
         if inputs:
             raise UsageError(f"give either --input FILE or {', '.join(inputs)}, not both")
@@ -46,6 +54,8 @@ def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[
     config = run.config
     if settings:
         from ftune.config import resolve_config
+
+        task.check_predict_settings(settings)
 
         overrides = {setting_keys[flag]: value for flag, value in settings.items()}
         config = resolve_config(task.options_class, layers=[("ftune.yaml", config.to_dict()),
@@ -60,7 +70,7 @@ def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[
         trainer = inference_trainer(task, config, run.state, model, tokenizer, precision=run.precision,
                                     batch_size=batch_size, scratch=scratch, phase="predicting")
         results = task.predict(config, trainer, tokenizer, run.state, rows, names)
-    write_predictions(results, output)
+    write_predictions(results, output, overwrite=overwrite, input_file=input_file)
     return results
 
 
@@ -85,22 +95,27 @@ def _has_blank_lines(path: Path) -> bool:
         return any(not line.strip() for line in handle)
 
 
-def write_predictions(results: list[dict], output: Optional[Path]) -> None:
+def write_predictions(results: list[dict], output: Optional[Path], *, overwrite: bool = False,
+                      input_file: Optional[Path] = None) -> None:
+    """JSON lines on stdout, or the --output file, written whole beside it and renamed in; checked again as it is
+    written (the file may have appeared while the model predicted)."""
     if output is None:
         console.result_rows(results)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix.lower() == ".csv":
-        import json
+    from ftune.folders import plan_output_file, write_output_file
 
+    location = plan_output_file(output, overwrite=overwrite, inputs=[input_file])
+
+    def write(path: Path) -> None:
+        if output.suffix.lower() != ".csv":
+            write_jsonl(path, results)
+            return
         fields = list(dict.fromkeys(k for row in results for k in row))
-        tmp = output.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as out:
+        with path.open("w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=fields)
             writer.writeheader()
             for row in results:
                 writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
-        tmp.replace(output)
-    else:
-        write_jsonl(output, results)
+
+    write_output_file(location, write, overwrite=overwrite, named=output)
     console.note(f"wrote {len(results)} predictions to {output}")

@@ -64,6 +64,8 @@ def make_predict_command(tasks):
         inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Optional[Path], typer.Option("--output", help="Write predictions to FILE (.jsonl or .csv); default: "
                                          "JSON lines on stdout.")]),
+        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--overwrite", help="Replace an existing --output file (never the --input file).")]),
         inspect.Parameter("batch_size", inspect.Parameter.KEYWORD_ONLY, default=32, annotation=Annotated[
             int, typer.Option("--batch-size", min=1, help="Inference batch size.")]),
         inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Debug),
@@ -78,7 +80,7 @@ def make_predict_command(tasks):
         given_settings = {flag: kwargs[_python_name(flag)] for flag in settings
                           if kwargs[_python_name(flag)] is not None}
         predict_run(kwargs["run"], inputs=given_inputs, settings=given_settings, input_file=kwargs["input_file"],
-                    output=kwargs["output"], batch_size=kwargs["batch_size"])
+                    output=kwargs["output"], batch_size=kwargs["batch_size"], overwrite=kwargs["overwrite"])
 
     predict.__signature__ = inspect.Signature(params)
     predict.__annotations__ = {p.name: p.annotation for p in params}
