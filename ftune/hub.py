@@ -47,12 +47,14 @@ def ensure_offline_if_unreachable(timeout: float = 2.0) -> bool:
 
 def _sync_loaded_libraries() -> None:
     """Libraries read HF_HUB_OFFLINE at import; tell any already imported (tests run in one process)."""
+    import importlib
     import sys
 
-    if "huggingface_hub" in sys.modules:
-        sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+    # Submodules imported by name: huggingface_hub loads its attributes lazily, so `huggingface_hub.constants` is
+    # not an attribute of the package until something imports it.
+    for library, module in (("huggingface_hub", "huggingface_hub.constants"), ("datasets", "datasets.config")):
+        if library in sys.modules:
+            importlib.import_module(module).HF_HUB_OFFLINE = True
 
 
 def is_local(name: str) -> bool:
