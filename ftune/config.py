@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +28,17 @@ from ftune.errors import UsageError
 RUN_INFO_KEY = "run"
 # A recipe's search-space section: `ftune sweep` reads it, training commands leave it aside.
 SWEEP_KEY = "sweep"
+# A --val-fraction carve leaves at least this many training rows, or at least as many as it holds out.
+MIN_TRAIN_ROWS = 10
 
 
 def option(default: Any, help: str, *, panel: str = "Training", choices: tuple = (), min: float | None = None,
-           max: float | None = None, exclusive_min: bool = False, short: str | None = None):
+           max: float | None = None, exclusive_min: bool = False, exclusive_max: bool = False,
+           short: str | None = None):
     """A config field: its default, its `--help` text and the checks its value must pass."""
     return field(default=default, metadata={"help": help, "panel": panel, "choices": choices, "min": min,
-                                            "max": max, "exclusive_min": exclusive_min, "short": short})
+                                            "max": max, "exclusive_min": exclusive_min,
+                                            "exclusive_max": exclusive_max, "short": short})
 
 
 @dataclass
@@ -65,8 +70,10 @@ class TrainConfig:
                                              "validation/valid/dev/test split, else a carve of --val-fraction).",
                                        panel="Data")
     val_fraction: float = option(0.1, "Fraction of the training split held out when the data has no eval "
-                                      "split (seeded; stratified by label for classification).",
-                                 panel="Data", min=0.0, max=1.0, exclusive_min=True)
+                                      "split (seeded; stratified by label for classification); above 0 and below "
+                                      f"1, leaving at least {MIN_TRAIN_ROWS} training rows or as many as it holds "
+                                      "out.", panel="Data", min=0.0, max=1.0, exclusive_min=True,
+                                 exclusive_max=True)
     split_seed: Optional[int] = option(None, "Seed of the held-out carve (default: --seed); fix it to vary --seed "
                                              "over the same held-out rows.", panel="Data", min=0)
     max_train_samples: Optional[int] = option(None, "Use only the first N training rows.", panel="Data", min=1)
@@ -265,8 +272,8 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> None:
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo)):
         raise ValueError(f"must be {'above' if meta.get('exclusive_min') else 'at least'} {lo:g}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"must be at most {hi:g}, got {value}")
+    if hi is not None and (value > hi or (meta.get("exclusive_max") and value == hi)):
+        raise ValueError(f"must be {'below' if meta.get('exclusive_max') else 'at most'} {hi:g}, got {value}")
 
 
 def _to_bool(raw: Any) -> bool:
@@ -293,18 +300,44 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
 
 def read_yaml_layer(path: str | Path) -> dict[str, Any]:
     """Read a --config YAML file: a mapping of option names to values."""
-    import yaml
-
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UsageError(f"config file {path} is not a regular file; pass the path of a YAML file to --config")
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist; pass the path of a YAML file to --config")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "config file") or {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of option names to values")
     return data
+
+
+def read_yaml_file(path: Path, what: str, *, fix: Optional[str] = None) -> Any:
+    """The YAML document of a file, read with YAML's safe loader; UsageError naming the file and the line when it
+    is not UTF-8 text, not valid YAML, or holds a tag that would build Python objects (e.g. !!python/object), which
+    ftune never reads. `what` names the file in messages ("config file"); `fix`, when given, is what to do about any
+    of these (else each says its own)."""
+    import yaml
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UsageError(f"{what} {path} is not UTF-8 text (line {line} has the byte 0x{raw[exc.start]:02x}); "
+                         f"{fix or 'save it as UTF-8'}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        tag = re.search(r"constructor for the tag '([^']+)'", problem)
+        if tag:  # e.g. !!python/object/apply:os.system: the safe loader builds no Python objects, nor does ftune
+            line = f" (line {mark.line + 1})" if mark else ""
+            raise UsageError(f"{what} {path} holds the YAML tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')}"
+                             f"{line}; ftune reads plain values only, never tags that build objects; "
+                             f"{fix or 'remove the tag'}") from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise UsageError(f"{what} {path} is not valid YAML ({where}{problem}); {fix or 'fix the file'}") from None
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:

@@ -26,6 +26,8 @@ EVAL_PREDICTIONS = "eval_predictions.jsonl"
 EVAL_DETAILS = "eval_details.json"
 MODEL_CARD = "README.md"
 LOGS_FOLDER = "logs"                       # the experiment trackers' files (--report-to)
+# What to do about a run file that is not as ftune writes it.
+CHANGED = "ftune does not write such a file, so the run was changed after training: restore its {name} or retrain it"
 
 
 @dataclass
@@ -166,10 +168,8 @@ class FinishedRun:
 
 
 def open_run(path: str | Path) -> FinishedRun:
-    """Read a finished run, or raise UsageError naming what is missing."""
-    import yaml
-
-    from ftune.config import resolve_config
+    """Read a finished run, or raise UsageError naming what is missing or damaged."""
+    from ftune.config import read_yaml_file, resolve_config
     from ftune.tasks import get_task
 
     path = Path(path)
@@ -180,7 +180,7 @@ def open_run(path: str | Path) -> FinishedRun:
         raise UsageError(f"{path} is not an ftune run (no {CONFIG_FILE}); pass the --output-dir of a training run")
     if not (path / TRAIN_RESULTS).is_file():
         raise UsageError(f"run {path} did not finish; resume it with the same training command and --resume")
-    saved = yaml.safe_load(config_file.read_text()) or {}
+    saved = read_yaml_file(config_file, "run file", fix=CHANGED.format(name=CONFIG_FILE)) or {}
     info = saved.pop(RUN_INFO_KEY, {}) if isinstance(saved, dict) else {}
     if not info.get("task"):
         raise UsageError(f"{config_file} is not the configuration of an ftune run (no run: task); pass the "
@@ -188,5 +188,9 @@ def open_run(path: str | Path) -> FinishedRun:
     task = get_task(info["task"])
     config = resolve_config(task.options_class, layers=[(str(config_file), saved)])
     split_file = path / SPLIT_FILE
-    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    try:
+        split = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"run file {split_file} is not valid JSON ({exc}); {CHANGED.format(name=SPLIT_FILE)}"
+                         ) from None
     return FinishedRun(path=path, task=task, config=config, state=info.get("state", {}), info=info, split=split)
