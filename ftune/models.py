@@ -9,6 +9,7 @@ right after loading and runs save ordinary safetensors.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -60,6 +61,8 @@ class ModelSource:
         if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
             raise UsageError(f"{self.name} is a LoRA adapter, not a whole model; make one with `ftune merge "
                              f"{self.name} --output-dir MERGED` and pass MERGED to --model")
+        if folder.is_dir():
+            check_weights(folder)
 
     def load_config(self):
         """The model's transformers configuration."""
@@ -112,6 +115,11 @@ class ModelSource:
         cls = getattr(transformers, auto_class)
         try:
             return cls.from_pretrained(self.location, **kwargs)
+        except pickle.UnpicklingError:
+            # transformers reads .bin weights with torch.load(weights_only=True), which refuses anything but tensors.
+            raise UsageError(f"model {self.name}: its pickled weights ({_pickles(Path(self.location))}) hold more than "
+                             "tensors (a pickle that could run code when loaded), so ftune did not load them; use the "
+                             "model saved as safetensors") from None
         except ValueError as exc:
             if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
                 raise UsageError(f"{self.name} cannot be loaded as {auto_class.removeprefix('AutoModelFor')}: "
@@ -156,13 +164,80 @@ def load_run_model(run, **base_kwargs: Any):
         return ModelSource(str(run.path), str(run.path)).load_model(task.model_class, **base_kwargs)
     from peft import PeftModel
 
+    check_weights(run.path)  # the adapter, before the base model is loaded
     base = task.model_source(run.config).load_model(task.model_class, **task.base_model_kwargs(run.state),
                                                     **base_kwargs)
-    adapter = run.path / "adapter_model.safetensors"
-    if not adapter.is_file() and not (run.path / "adapter_model.bin").is_file():
-        raise UsageError(f"run {run.path} has an adapter_config.json but no adapter weights "
-                         f"({adapter.name}); retrain the run or restore the file")
     return PeftModel.from_pretrained(base, str(run.path))
+
+
+MODEL_WEIGHTS = "model.safetensors"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
+
+
+def check_weights(folder: Path) -> None:
+    """Raise UsageError when the weights in a model folder or run cannot be what from_pretrained should read.
+
+    A safetensors file is checked against its own header (it says how long the file is: a truncated, cut or
+    overwritten file fails), and a sharded model's index against its shards. A run (a folder with ftune.yaml) must
+    hold its weights as ftune wrote them, in safetensors: a pickled .bin where they should be means the folder was
+    changed after training, and ftune does not load it. A model folder of someone else's may come with .bin weights
+    only; transformers reads those with torch.load(weights_only=True), which loads tensors and nothing else.
+    """
+    import json
+
+    from ftune.folders import CONFIG_FILE
+
+    run = (folder / CONFIG_FILE).is_file()
+    adapter = (folder / "adapter_config.json").is_file()
+    whole = f"run {folder}" if run else f"model {folder}"
+    expected = ADAPTER_WEIGHTS if adapter else MODEL_WEIGHTS
+    has_safetensors = (folder / expected).is_file() or (not adapter and (folder / SHARD_INDEX).is_file())
+    if run and not has_safetensors:
+        pickles = _pickles(folder, adapter=adapter)
+        if pickles:
+            raise UsageError(f"{whole} holds {pickles} where ftune writes {expected}: ftune saves runs in "
+                             "safetensors only, so the folder was changed after training, and ftune does not load "
+                             f"pickled weights from a run; restore {expected} or retrain the run")
+        kind = "adapter weights" if adapter else "model weights"
+        raise UsageError(f"{whole} has no {kind} ({expected}); restore the file or retrain the run")
+    index = folder / SHARD_INDEX
+    if index.is_file() and not adapter:
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"{whole} is damaged: {index.name} is not a shard index ({_short(exc)}); "
+                             f"{_restore(run)}") from None
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise UsageError(f"{whole} is damaged: {index.name} names {', '.join(missing[:3])}, which "
+                             f"{'is' if len(missing) == 1 else 'are'} not there; {_restore(run)}")
+    for file in sorted(folder.glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem:
+            raise UsageError(f"{whole} is damaged: {file.name} is truncated or corrupt ({problem}); {_restore(run)}")
+
+
+def _safetensors_problem(file: Path) -> Optional[str]:
+    """Why a safetensors file cannot be read (its header, and whether the file is as long as the header says), or
+    None; reading the header maps the file, it does not load the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):
+            return None
+    except Exception as exc:  # noqa: BLE001 — SafetensorError, OSError ...: each a reason to name
+        return _short(exc).removeprefix("Error while deserializing header: ")
+
+
+def _pickles(folder: Path, adapter: bool = False) -> str:
+    """The pickled PyTorch weight files in `folder` (of the adapter, or of the model), named for a message."""
+    pattern = "adapter_model*.bin" if adapter else "pytorch_model*.bin"
+    return ", ".join(p.name for p in sorted(folder.glob(pattern)))
+
+
+def _restore(run: bool) -> str:
+    return "restore the file or retrain the run" if run else "download or save the model again"
 
 
 def load_run_tokenizer(run):
