@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from ftune.config import MIN_TRAIN_ROWS
 from ftune.errors import UsageError
 from ftune.hub import require_hub_dataset
 
@@ -54,6 +55,7 @@ def load_source(data: str, data_config: Optional[str] = None):
     datasets = quiet_datasets()
 
     path = Path(data).expanduser()
+    require_regular(path, "--data", "a data file, or a folder of them")
     if path.is_file():
         return _load_files({"train": [path]}, data)
     if path.is_dir():
@@ -73,6 +75,14 @@ def load_source(data: str, data_config: Optional[str] = None):
     except (FileNotFoundError, ConnectionError) as exc:
         raise UsageError(f"dataset {data} could not be loaded ({exc}); pass a local file or folder to --data") from None
     return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
+
+
+def require_regular(path: Path, flag: str, wanted: str) -> None:
+    """Raise UsageError when `path` exists but is neither a regular file nor a folder (a device such as /dev/null, a
+    pipe, a socket): ftune reads a data file more than once (to check it, then to load it)."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is not a regular file (it is a device, pipe or socket); save the input to a "
+                         f"file and pass {wanted}")
 
 
 def _split_files(folder: Path) -> dict[str, list[Path]]:
@@ -184,39 +194,187 @@ def pick_column(columns: Iterable[str], given: Optional[str], candidates: Iterab
     return None
 
 
+def check_text_columns(ds, columns: dict[str, str], where: str, ids=None, *, lists: bool = False) -> None:
+    """Raise UsageError when a column that should hold text holds something else (numbers, true/false values,
+    records): a tokenizer cannot read them, and text made of them would train on digits. It names the column, what
+    it holds and the option that chooses it, with the columns that do hold text.
+
+    `columns` maps each column to the option that chooses it (e.g. {"text": "--text-column"}); `lists`: a list of
+    texts per row is text too (a summary's sentences, a sentence's words). Null cells pass (check_no_missing names
+    them); a column of mixed types (datasets keeps it as JSON) is checked row by row, naming the rows.
+    """
+    _check_text([(ds, ids, where)], columns, lists)
+
+
+def check_split_text(split, columns: dict[str, str], *, lists: bool = False) -> None:
+    """`check_text_columns` on the training and the held-out rows of a HeldOutSplit at once (a message names the
+    rows of both)."""
+    _check_text([(split.train, split.train_names, "the training split"),
+                 (split.eval, split.eval_names, "the held-out split")], columns, lists)
+
+
+def _check_text(parts: list[tuple[Any, Any, str]], columns: dict[str, str], lists: bool) -> None:
+    import pyarrow.compute as pc
+
+    for column, option in columns.items():
+        groups = []
+        for ds, ids, where in parts:
+            kind = _not_text(ds.features[column], lists)
+            if kind is None:
+                continue
+            others = [c for c, feature in ds.features.items() if c != column and _not_text(feature, lists) is None
+                      and getattr(feature, "dtype", "") != "null"]
+            choose = (f"pass {option} the column that holds the text (columns with text: "
+                      f"{', '.join(others) if others else 'none'})")
+            if kind != _MIXED:
+                examples = pc.drop_null(arrow_column(ds, column).slice(0, 1000)).slice(0, 3).to_pylist()
+                shown = f" (e.g. {', '.join(json.dumps(v, default=str) for v in examples)})" if examples else ""
+                raise UsageError(f"column '{column}' of {where} holds {kind}, not text{shown}; {choose}")
+            values = column_list(ds, column)
+            bad = [i for i, value in enumerate(values) if value is not None and _value_kind(value, lists)]
+            if bad:
+                groups.append((bad, ids, where, _value_kind(values[bad[0]], lists), choose))
+        if groups:
+            count = sum(len(bad) for bad, *_ in groups)
+            shown = describe_row_groups([(bad, ids, where) for bad, ids, where, _, _ in groups])
+            _, _, where, kind, choose = groups[0]
+            where = f" of {where}" if len(parts) == 1 else ""
+            raise UsageError(f"{count} row(s){where} hold {kind} in column '{column}', not text ({shown}); write them "
+                             f"as text (in quotes), or {choose}")
+
+
+_MIXED = "values of several types"
+
+
+def _not_text(feature, lists: bool) -> Optional[str]:
+    """What a column of `feature` holds when that is not text ("numbers" ...), None when it is text (or only nulls),
+    _MIXED when its values have several types (a Json column: to be checked row by row)."""
+    from datasets import ClassLabel, LargeList, List, Value
+    from datasets.features.features import Json
+
+    if isinstance(feature, Value):
+        if feature.dtype in ("string", "large_string", "null"):
+            return None
+        if feature.dtype == "bool":
+            return "true/false values"
+        if feature.dtype.startswith(("int", "uint", "float", "double", "decimal")):
+            return "numbers"
+        return f"{feature.dtype} values"
+    if isinstance(feature, ClassLabel):
+        return "numbers (class ids)"
+    if isinstance(feature, Json):
+        return _MIXED
+    if isinstance(feature, (List, LargeList)):
+        inner = _not_text(feature.feature, False)
+        if lists and inner in (None, _MIXED):
+            return inner
+        return f"lists of {inner}" if inner not in (None, _MIXED) else "lists"
+    if isinstance(feature, dict):
+        return "records"
+    return f"{type(feature).__name__} values"
+
+
+def _value_kind(value: Any, lists: bool) -> Optional[str]:
+    """What a single cell holds when it is not text, else None."""
+    if isinstance(value, str):
+        return None
+    if isinstance(value, bool):
+        return "true/false values"
+    if isinstance(value, (int, float)):
+        return "numbers"
+    if isinstance(value, (list, tuple)):
+        if lists and all(v is None or isinstance(v, str) for v in value):
+            return None
+        return "lists"
+    if isinstance(value, dict):
+        return "records"
+    return f"{type(value).__name__} values"
+
+
 def check_no_missing(ds, columns: Iterable[str], where: str, ids=None) -> None:
-    """Raise if any row has no value in one of `columns` (null, or blank text), naming the first such rows.
+    """Raise if any row has no value in one of `columns` (null, or blank text), naming such rows.
 
     The check runs on the Arrow columns, not row by row. `ids` names the rows: a RowNames (lines of the user's
     file, or ids), or a list of ids; else rows are named by their position in `ds`.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     for column in columns:
-        values = arrow_column(ds, column)
-        text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-        bad, offset = [], 0
-        for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
-            missing = pc.is_null(chunk)
-            if text:  # chunk by chunk: the trimmed copy of a whole text column could take as much memory again
-                missing = pc.or_(missing, pc.fill_null(pc.equal(pc.utf8_trim_whitespace(chunk), ""), True))
-            bad += [offset + i for i in pc.indices_nonzero(missing).to_pylist()]
-            offset += len(chunk)
+        bad = missing_rows(ds, column)
         if bad:
             raise UsageError(f"{len(bad)} row(s) of {where} have no value in column '{column}' "
                              f"({describe_rows(bad, ids)}); fill or remove them")
 
 
-def describe_rows(positions: list[int], ids=None, most: int = 5) -> str:
-    """The first few of some rows, as the user knows them ("lines 4, 9", "ids r3", "rows 17, 20")."""
-    shown = positions[:most]
-    if isinstance(ids, RowNames):
-        kind, names = ids.describe(shown)
-    else:
-        kind, names = "row", [str(ids[i] if ids is not None else i) for i in shown]
-    plural = "s" if len(shown) > 1 else ""
-    return f"{kind}{plural} {', '.join(names)}" + (" ..." if len(positions) > most else "")
+def check_split_filled(split, columns: Iterable[str]) -> None:
+    """`check_no_missing` over the training and the held-out rows of a HeldOutSplit at once, so that the message
+    names the rows of both (the held-out rows of a carve are lines of the same file)."""
+    parts = ((split.train, split.train_names, "the training split"),
+             (split.eval, split.eval_names, "the held-out split"))
+    for column in columns:
+        groups = [(missing_rows(ds, column), names, where) for ds, names, where in parts]
+        count = sum(len(bad) for bad, _, _ in groups)
+        if count:
+            raise UsageError(f"{count} row(s) have no value in column '{column}' ({describe_row_groups(groups)}); "
+                             "fill or remove them")
+
+
+def missing_rows(ds, column: str) -> list[int]:
+    """Positions of the rows of `ds` with no value in `column`: null, or text that is blank."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = arrow_column(ds, column)
+    text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    bad, offset = [], 0
+    for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+        missing = pc.is_null(chunk)
+        if text:  # chunk by chunk: the trimmed copy of a whole text column could take as much memory again
+            missing = pc.or_(missing, pc.fill_null(pc.equal(pc.utf8_trim_whitespace(chunk), ""), True))
+        bad += [offset + i for i in pc.indices_nonzero(missing).to_pylist()]
+        offset += len(chunk)
+    return bad
+
+
+# The most rows a message names; it gives the count of the others.
+SHOWN_ROWS = 20
+
+
+def describe_rows(positions: list[int], ids=None, most: int = SHOWN_ROWS) -> str:
+    """Some rows as the user knows them ("lines 4, 9", "ids r3", "rows 17, 20"): the first `most`, then how many
+    more there are."""
+    return describe_row_groups([(positions, ids, "")], most)
+
+
+def describe_row_groups(groups: list[tuple[list[int], Any, str]], most: int = SHOWN_ROWS) -> str:
+    """Rows of several datasets, each group (positions, how its rows are named, where they are): rows named alike
+    (lines of one file, ids) are listed together in order, rows known only by position per group ("the held-out
+    split row 3"); the first `most` in all, then how many more there are."""
+    by_kind: dict[str, list[str]] = {}
+    for positions, ids, where in groups:
+        shown = positions[:most]
+        if not shown:
+            continue
+        if isinstance(ids, RowNames):
+            kind, names = ids.describe(shown)
+        else:
+            kind, names = "row", [str(ids[i] if ids is not None else i) for i in shown]
+        if kind == "row" and where:
+            kind = f"{where} row"
+        by_kind.setdefault(kind, []).extend(names)
+    parts, left = [], most
+    for kind, names in by_kind.items():
+        names = sorted(names, key=_natural)[:left]
+        if names:
+            parts.append(f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names)}")
+            left -= len(names)
+    more = sum(len(positions) for positions, _, _ in groups) - (most - left)
+    return "; ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+
+def _natural(name: str) -> list[tuple[int, Any]]:
+    """A sort key that puts "line 9" before "line 10" and id "r2" before "r10"."""
+    import re
+
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
 @dataclass
@@ -409,6 +567,11 @@ def build_held_out_split(source, *, data: str, data_config: Optional[str], train
     else:
         labels = stratify(train_full) if stratify else None
         train_indices, eval_indices = carve_indices(len(train_full), val_fraction, seed, labels)
+        if len(train_indices) < min(len(eval_indices), MIN_TRAIN_ROWS):
+            raise UsageError(f"--val-fraction {val_fraction:g} leaves {len(train_indices)} of the {len(train_full)} "
+                             f"rows of {data} to train on beside {len(eval_indices)} held out; a carve must leave at "
+                             f"least {MIN_TRAIN_ROWS} training rows or as many as it holds out: lower --val-fraction "
+                             "or give the data an eval split")
         eval_source = train_full
         method = {"method": "fraction", "eval_split": train_split, "val_fraction": val_fraction, "seed": seed,
                   "stratified": labels is not None}

@@ -250,6 +250,23 @@ class Task:
         """Input rows (keyed by the run's column names) from the values of the task's `predict_inputs`."""
         raise UsageError(f"ftune predict does not serve {self.name} runs; use ftune generate with them")
 
+    def check_predict_settings(self, settings: dict[str, Any]) -> None:
+        """Raise UsageError naming, by its own flag, each `ftune predict` setting (e.g. {"--max-new-tokens": 0})
+        that the option it overrides would refuse; every problem at once."""
+        from ftune.config import coerce, config_fields
+
+        fields = {f.name: (f, tp) for f, tp in config_fields(self.options_class)}
+        problems = []
+        for setting in self.predict_settings:
+            if setting.flag in settings:
+                field_, tp = fields[setting.key]
+                try:
+                    coerce(settings[setting.flag], tp, field_.metadata)
+                except ValueError as exc:
+                    problems.append(f"{setting.flag}: {exc}")
+        if problems:
+            raise UsageError(f"invalid predict settings: {'; '.join(problems)}")
+
     def check_inputs(self, config: TrainConfig, state: dict[str, Any], inputs: list[dict[str, Any]],
                      names: list[str]) -> None:
         """Raise UsageError naming the first unusable input row (`names` say how the user knows each row)."""

@@ -3,16 +3,21 @@
 Labels may be strings, ints or floats, or a datasets ClassLabel; a run knows them by name, in id order, and
 writes the names into the model config's id2label/label2id, so the saved model speaks them. Values that mean
 the same class are one class: 1 and 1.0 are both "1"; two texts that spell the same number ("1", "01") are
-an error, since no one can say which was meant.
+an error, since no one can say which was meant. So are texts that differ only by case or surrounding spaces
+("law", " law", "Law"), unless the run merges them (--merge-label-variants): each group of such variants becomes
+one class, named by its most common spelling among the training rows (without surrounding spaces).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional
+from collections import Counter
+from typing import Any, Callable, Iterable, Optional
 
-from ftune.data import arrow_column, column_list
+from ftune.data import arrow_column, column_list, describe_row_groups
 from ftune.errors import UsageError
+
+MERGE_FLAG = "--merge-label-variants"
 
 
 def label_name(value: Any) -> str:
@@ -132,3 +137,69 @@ def distinct_set_values(ds, column: str, separator: str) -> list[Any]:
         for item in row_label_values(value, separator):
             seen.setdefault(item, None)
     return list(seen)
+
+
+# ---- variants: one label spelled with other case or surrounding spaces ---------------------------------
+
+
+def variant_key(name: str) -> str:
+    """What label names that differ only by case or surrounding spaces have in common."""
+    return name.strip().casefold()
+
+
+def resolve_variants(parts: list[tuple[list[list[str]], Any, str]], column: str, *, merge: bool,
+                     what: str = "label") -> dict[str, str]:
+    """The label names of the training and held-out rows checked for variants ("law", " law", "Law").
+
+    `parts`: for each of the training and the held-out rows (in that order), the label names of each row (a list
+    per row: one name, a label set, a sentence's tags), how its rows are named, and where they are. Without
+    `merge`, variants are a UsageError naming each spelling and its rows; with it, the result maps every name that
+    changes to its class's name, the most common spelling in the training rows (ties: the first in sorted order),
+    without surrounding spaces — and a note says what was merged.
+    """
+    from ftune import console
+
+    names = {name for rows, _, _ in parts for row in rows for name in row}
+    groups: dict[str, set[str]] = {}
+    for name in names:
+        groups.setdefault(variant_key(name), set()).add(name)
+    variants = sorted(sorted(group) for group in groups.values() if len(group) > 1)
+    if variants and not merge:
+        raise UsageError(f"column '{column}' spells one {what} in several ways that differ only by case or "
+                         f"surrounding spaces: {_spellings(variants, parts)}; write each {what} one way, or pass "
+                         f"{MERGE_FLAG} to make each group one {what} (its most common spelling)")
+    if not merge:
+        return {}
+    counts = Counter(name for row in parts[0][0] for name in row)
+    renamed = {}
+    for group in groups.values():
+        canonical = min(group, key=lambda n: (-counts[n], n)).strip()
+        renamed.update({name: canonical for name in group if name != canonical})
+    if renamed:
+        shown = "; ".join(f"{', '.join(repr(n) for n in sorted(group))} -> {renamed.get(group[0], group[0])!r}"
+                          for group in variants[:10])
+        stripped = len([n for n in renamed if not any(n in group for group in variants)])
+        console.note(f"{MERGE_FLAG}: {len(variants)} group(s) of {what}s merged in column '{column}'"
+                     + (f" ({shown}{'; ...' if len(variants) > 10 else ''})" if variants else "")
+                     + (f"; surrounding spaces removed from {stripped} other {what}(s)" if stripped else ""))
+    return renamed
+
+
+def _spellings(variants: list[list[str]], parts, most: int = 3) -> str:
+    """Each spelling of the first `most` groups of variants with the rows that hold it."""
+    shown = []
+    for group in variants[:most]:
+        spelled = []
+        for name in group:
+            rows = [([i for i, row in enumerate(names) if name in row], ids, where) for names, ids, where in parts]
+            spelled.append(f"{name!r} ({describe_row_groups(rows, most=5)})")
+        shown.append(", ".join(spelled))
+    more = f"; and {len(variants) - most} more group(s)" if len(variants) > most else ""
+    return "; ".join(shown) + more
+
+
+def merged_names(labels: list[str]) -> Callable[[str], str]:
+    """A run's name for a label of its data when it merges variants (--merge-label-variants): the label in `labels`
+    it is a variant of, else the name itself (a label the run never learned stays as it is)."""
+    by_key = {variant_key(name): name for name in labels}
+    return lambda name: by_key.get(variant_key(name), name)

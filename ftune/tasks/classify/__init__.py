@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, pick_column, tokenize_rows, with_column
+from ftune.data import (
+    check_no_missing,
+    check_split_filled,
+    check_split_text,
+    check_text_columns,
+    pick_column,
+    tokenize_rows,
+    with_column,
+)
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
 from ftune.tasks.classify.problems import MULTI_LABEL, PROBLEMS, REGRESSION, SINGLE_LABEL
 from ftune.tasks.classify.weights import parse_weight_spec, resolve_class_weights
-from ftune.tasks.labels import row_labels
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "review", "content", "document")
 PAIR_OF = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "question": "sentence"}
@@ -46,6 +53,10 @@ class ClassifyOptions(TaskOptions):
     class_weights: Optional[str] = option(None, "single-label: weigh each class in the loss, 'balanced' "
                                                 "(n_rows / (n_classes x class rows), from the training rows) or "
                                                 "label=weight,... (unnamed labels: 1).", panel="Classification")
+    merge_label_variants: bool = option(False, "Labels that differ only by case or surrounding spaces ('law', "
+                                               "' law', 'Law') are one class, named by their most common spelling "
+                                               "in the training rows (without spaces); otherwise they are an "
+                                               "error.", panel="Classification")
 
     def check(self, config) -> list[str]:
         problems = []
@@ -58,6 +69,8 @@ class ClassifyOptions(TaskOptions):
             problems.append("--label-separator is empty; give the character(s) between labels, e.g. ';'")
         if self.class_weights is not None:
             problems += self._class_weight_problems()
+        if self.merge_label_variants and self.problem_type == REGRESSION:
+            problems.append("--merge-label-variants merges class labels, and regression has none; drop it")
         return problems
 
     def _class_weight_problems(self) -> list[str]:
@@ -119,18 +132,18 @@ class ClassifyTask(Task):
     def prepare_state(self, config, split, columns):
         opts = config.task_options
         problem = PROBLEMS[opts.problem_type]
-        used = _required_columns(columns, problem)
-        check_no_missing(split.train, used, "the training split", ids=split.train_names)
-        check_no_missing(split.eval, used, "the held-out split", ids=split.eval_names)
+        check_split_text(split, _text_options(columns))
+        check_split_filled(split, _required_columns(columns, problem))
         state = {"columns": columns, "problem_type": problem.name, **problem.prepare(config, split, columns["label"])}
         if opts.class_weights:
             state["class_weights"] = resolve_class_weights(opts.class_weights, state["labels"],
-                                                           row_labels(split.train, columns["label"]))
+                                                           problem.references(config, state, split.train))
         return state
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
         problem = problem_of(state)
+        check_text_columns(rows, _text_options(state["columns"]), where)
         check_no_missing(rows, _required_columns(state["columns"], problem), where)
         problem.check_rows(config, state, rows, where)
 
@@ -263,6 +276,12 @@ class ClassifyTask(Task):
                 f"num_labels={len(labels)}, id2label=dict(enumerate(labels)),\n"
                 f"    label2id={{name: i for i, name in enumerate(labels)}}{problem_type})\n"
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")")
+
+
+def _text_options(columns) -> dict[str, str]:
+    """The text columns and the options that choose them."""
+    options = {"text": "--text-column", "text_pair": "--text-pair-column"}
+    return {columns[role]: flag for role, flag in options.items() if columns[role]}
 
 
 def _required_columns(columns, problem) -> list[str]:

@@ -27,9 +27,13 @@ from ftune.tasks.labels import (
     class_names,
     distinct_set_values,
     distinct_values,
+    feature_names,
     label_config,
+    merged_names,
+    resolve_variants,
     row_label_sets,
     row_labels,
+    variant_key,
 )
 
 SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single-label", "multi-label", "regression"
@@ -76,6 +80,24 @@ class Problem:
         raise NotImplementedError
 
 
+def merging(config) -> bool:
+    """Whether the run merges labels that differ only by case or surrounding spaces (--merge-label-variants)."""
+    return bool(getattr(config.task_options, "merge_label_variants", False))
+
+
+def split_variants(config, split, column: str, rows_of) -> dict[str, str]:
+    """ftune.tasks.labels.resolve_variants over the training and held-out rows; `rows_of(ds)` gives the label
+    names of each row of `ds` as a list."""
+    return resolve_variants([(rows_of(split.train), split.train_names, "the training split"),
+                             (rows_of(split.eval), split.eval_names, "the held-out split")], column,
+                            merge=merging(config))
+
+
+def renamed_values(values: list, renamed: dict[str, str]) -> list:
+    """Distinct label values with merged variants renamed (numbers stay numbers, for sorting)."""
+    return [renamed.get(v, v) if isinstance(v, str) else v for v in values]
+
+
 def check_unseen(found, labels: list[str]) -> None:
     """Raise UsageError naming the held-out labels (`found`) that no training row has."""
     unseen = sorted(set(found) - set(labels))
@@ -97,18 +119,24 @@ class SingleLabel(Problem):
     metric_names = ("accuracy", "f1", "precision", "recall")
 
     def stratify_by(self, config, column):
+        if merging(config):
+            return lambda ds: [variant_key(name) for name in row_labels(ds, column)]
         return lambda ds: row_labels(ds, column)
 
     def prepare(self, config, split, column):
-        if hasattr(split.train.features[column], "feature"):
+        feature = split.train.features[column]
+        if hasattr(feature, "feature"):
             raise UsageError(f"column '{column}' holds lists of labels; for several labels per row pass "
                              "--problem-type multi-label")
         values = distinct_values(split.train, column)
-        labels = class_names(values, split.train.features[column], column=column)
+        if feature_names(feature) is None:  # a ClassLabel's names are the data's own classes, as they are
+            renamed = split_variants(config, split, column, lambda ds: [[name] for name in row_labels(ds, column)])
+            values = renamed_values(values, renamed)
+        labels = class_names(values, feature, column=column)
         if len(labels) < 2:
             raise UsageError(f"the training rows have one class only ({labels[0]!r} in column '{column}'); "
                              "classification needs at least two")
-        check_unseen(row_labels(split.eval, column), labels)
+        check_unseen(self.references(config, {"labels": labels, "columns": {"label": column}}, split.eval), labels)
         fractional = [v for v in values if isinstance(v, float) and not float(v).is_integer()]
         if fractional:
             console.warn(f"column '{column}' holds fractional numbers ({fractional[0]}, ...), each taken as a class; "
@@ -116,10 +144,14 @@ class SingleLabel(Problem):
         return {"labels": labels}
 
     def check_rows(self, config, state, rows, where):
-        check_known(row_labels(rows, state["columns"]["label"]), state["labels"], where)
+        check_known(self.references(config, state, rows), state["labels"], where)
 
     def references(self, config, state, rows):
-        return row_labels(rows, state["columns"]["label"])
+        names = row_labels(rows, state["columns"]["label"])
+        if merging(config):
+            rename = merged_names(state["labels"])
+            return [rename(name) for name in names]
+        return names
 
     def model_labels(self, state, references):
         index = {name: i for i, name in enumerate(state["labels"])}
@@ -176,6 +208,8 @@ class MultiLabel(Problem):
             # Stratifying by each row's rarest label puts every label that is some rows' rarest (and has two or
             # more such rows) on both sides of the carve; exact label sets would mostly be groups of one.
             sets = row_label_sets(ds, column, separator)
+            if merging(config):
+                sets = [list(dict.fromkeys(variant_key(name) for name in names)) for names in sets]
             counts = Counter(name for names in sets for name in names)
             return [min(names, key=lambda n: (counts[n], n)) if names else "" for names in sets]
 
@@ -183,22 +217,34 @@ class MultiLabel(Problem):
 
     def prepare(self, config, split, column):
         separator = config.task_options.label_separator
-        labels = class_names(distinct_set_values(split.train, column, separator), split.train.features[column],
-                             column=column)
+        feature = split.train.features[column]
+        values = distinct_set_values(split.train, column, separator)
+        if feature_names(feature) is None:
+            values = renamed_values(values, split_variants(config, split, column,
+                                                           lambda ds: row_label_sets(ds, column, separator)))
+        labels = class_names(values, feature, column=column)
         if not labels:
             raise UsageError(f"no training row has a label in column '{column}'; give each row a JSON list of "
                              f"labels or '{separator}'-separated labels (--label-separator)")
-        check_unseen([name for names in row_label_sets(split.eval, column, separator) for name in names], labels)
+        state = {"labels": labels, "columns": {"label": column}}
+        check_unseen([name for names in self._label_sets(config, state, split.eval) for name in names], labels)
         return {"labels": labels}
 
     def check_rows(self, config, state, rows, where):
-        sets = row_label_sets(rows, state["columns"]["label"], config.task_options.label_separator)
+        sets = self._label_sets(config, state, rows)
         check_known([name for names in sets for name in names], state["labels"], where)
 
     def references(self, config, state, rows):
         index = {name: i for i, name in enumerate(state["labels"])}
+        return [sorted(names, key=index.__getitem__) for names in self._label_sets(config, state, rows)]
+
+    def _label_sets(self, config, state, rows) -> list[list[str]]:
+        """Each row's label names, merged variants named as the run names them."""
         sets = row_label_sets(rows, state["columns"]["label"], config.task_options.label_separator)
-        return [sorted(names, key=index.__getitem__) for names in sets]
+        if merging(config):
+            rename = merged_names(state["labels"])
+            sets = [list(dict.fromkeys(rename(name) for name in names)) for names in sets]
+        return sets
 
     def model_labels(self, state, references):
         # Floats: binary cross-entropy reads the 0/1 targets as probabilities.

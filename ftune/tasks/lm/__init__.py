@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, column_list, pick_column, tokenize_rows
+from ftune.data import check_no_missing, check_split_text, check_text_columns, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores, Task
 from ftune.tasks.lm.encoding import (
@@ -119,6 +119,7 @@ class LMTask(Task):
                              f"pass --block-size {context} or less")
         if mode == "chat":
             require_chat_template(self.load_tokenizer(config))  # now, not after a slow model load
+        check_split_text(split, _text_options(columns))
         for name, ds, ids in (("the training split", split.train, split.train_names),
                               ("the held-out split", split.eval, split.eval_names)):
             if mode == "text" and not any(has_text(t) for t in column_list(ds, columns["text"])):
@@ -129,6 +130,10 @@ class LMTask(Task):
                 check_no_missing(ds, [columns["messages"]], name, ids=ids)
         return {"columns": columns, "mode": mode, "context": context,
                 "block_size": block_size or min(context, 1024), "max_length": min(config.max_length, context)}
+
+    def check_rows(self, config, state, rows, where):
+        super().check_rows(config, state, rows, where)
+        check_text_columns(rows, _text_options(state["columns"]), where)
 
     # ---- model ------------------------------------------------------------------------------------
     def check_input_length(self, config, tokenizer):
@@ -221,6 +226,13 @@ class LMTask(Task):
 
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
+
+
+
+def _text_options(columns) -> dict[str, str]:
+    """The columns of text (not chats) and the options that choose them."""
+    options = {"text": "--text-column", "prompt": "--prompt-column", "completion": "--completion-column"}
+    return {columns[role]: flag for role, flag in options.items() if columns.get(role)}
 
 
 TASK = LMTask()

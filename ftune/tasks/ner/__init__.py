@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import column_list, pick_column, tokenize_rows
+from ftune.data import check_split_filled, check_split_text, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, Scores, Task, first_array, softmax
-from ftune.tasks.labels import check_known, class_names, label_config
+from ftune.tasks.labels import check_known, class_names, feature_names, label_config, merged_names, resolve_variants
 from ftune.tasks.ner.data import check_sentences, joined_spans, load_conll, row_tags, row_tokens, split_words, values
 
 TOKENS_COLUMNS = ("tokens", "words")
@@ -36,6 +36,9 @@ class NerOptions(TaskOptions):
     label_all_tokens: bool = option(False, "Train every sub-token of a word on the word's tag (a B- tag's "
                                            "continuations on the matching I- tag), not only the first.",
                                     panel="Data")
+    merge_label_variants: bool = option(False, "Tags that differ only by case or surrounding spaces ('B-PER', "
+                                               "'b-per') are one tag, named by their most common spelling in the "
+                                               "training rows; otherwise they are an error.", panel="Data")
 
     defaults = {"model": "bert-base-cased"}
 
@@ -76,14 +79,22 @@ class NerTask(Task):
         return {"tokens": tokens, "tags": tags}
 
     def prepare_state(self, config, split, columns):
+        check_split_text(split, {columns["tokens"]: "--tokens-column"}, lists=True)
+        check_split_filled(split, [columns["tokens"], columns["tags"]])
         _, train_tags = check_sentences(split.train, columns, "the training split", ids=split.train_names)
         _, eval_tags = check_sentences(split.eval, columns, "the held-out split", ids=split.eval_names)
-        values = [tag for tags in train_tags for tag in tags]
-        labels = class_names(values, split.train.features[columns["tags"]], column=columns["tags"])
+        feature = split.train.features[columns["tags"]]
+        renamed = {}
+        if feature_names(feature) is None:  # a ClassLabel's names are the data's own tags, as they are
+            renamed = resolve_variants([(train_tags, split.train_names, "the training split"),
+                                        (eval_tags, split.eval_names, "the held-out split")], columns["tags"],
+                                       merge=config.task_options.merge_label_variants, what="tag")
+        values = [renamed.get(tag, tag) for tags in train_tags for tag in tags]
+        labels = class_names(values, feature, column=columns["tags"])
         if len(labels) < 2:
             raise UsageError(f"the training rows have one tag only ({labels[0]!r} in column '{columns['tags']}'); "
                              "token classification needs at least two")
-        unseen = sorted({tag for tags in eval_tags for tag in tags} - set(labels))
+        unseen = sorted({renamed.get(tag, tag) for tags in eval_tags for tag in tags} - set(labels))
         if unseen:
             raise UsageError(f"held-out tags never seen in training: {', '.join(unseen[:10])}; add training rows "
                              f"with them or drop those rows (training tags: {', '.join(labels[:20])})")
@@ -91,8 +102,9 @@ class NerTask(Task):
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
-        _, tags = check_sentences(rows, state["columns"], where)
-        check_known({tag for sentence in tags for tag in sentence}, state["labels"], where)
+        check_sentences(rows, state["columns"], where)
+        check_known({tag for sentence in self.references(config, state, rows) for tag in sentence}, state["labels"],
+                    where)
 
     # ---- model ------------------------------------------------------------------------------------
     def base_model_kwargs(self, state):
@@ -123,7 +135,7 @@ class NerTask(Task):
             batch_rows = _BatchRows(batch, rows.features)
             tag_ids = None
             if labelled:
-                tag_ids = [[label_ids[t] for t in tags] for tags in row_tags(batch_rows, columns["tags"])]
+                tag_ids = [[label_ids[t] for t in tags] for tags in _tags(config, state, batch_rows)]
             windows = encode_sentences(tokenizer, sentence_words(batch_rows, columns), max_length=max_length,
                                        tag_ids=tag_ids, continuation=continuation, label_all_tokens=label_all_tokens)
             windows["example_index"] = [indices[i] for i in windows["example_index"]]
@@ -167,7 +179,7 @@ class NerTask(Task):
         return outputs
 
     def references(self, config, state, rows):
-        return row_tags(rows, state["columns"]["tags"])
+        return _tags(config, state, rows)
 
     def metrics(self, config, state, outputs, references, features):
         from ftune.metrics import load_metric
@@ -240,6 +252,15 @@ class _BatchRows:
 
     def __getitem__(self, column):
         return self.batch[column]
+
+
+def _tags(config, state, rows) -> list[list[str]]:
+    """Each row's tag names, merged variants named as the run names them (--merge-label-variants)."""
+    tags = row_tags(rows, state["columns"]["tags"])
+    if getattr(config.task_options, "merge_label_variants", False):
+        rename = merged_names(state["labels"])
+        tags = [[rename(tag) for tag in sentence] for sentence in tags]
+    return tags
 
 
 def sentence_words(rows, columns: dict[str, str]) -> list[list[str]]:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import SPLIT_ALIASES, check_no_missing, column_list, describe_rows
+from ftune.data import SPLIT_ALIASES, check_no_missing, check_text_columns, column_list, describe_rows
 from ftune.errors import UsageError
 from ftune.tasks.labels import feature_names, label_name
 
@@ -134,6 +134,7 @@ def row_tags(rows, column: str) -> list[list[str]]:
 def check_sentences(rows, columns: dict[str, str], where: str,
                     ids: Optional[list] = None) -> tuple[list[list[str]], list[list[str]]]:
     """Every row's (tokens, tags); UsageError naming rows with no tokens or a tag count that differs."""
+    check_text_columns(rows, {columns["tokens"]: "--tokens-column"}, where, ids, lists=True)
     check_no_missing(rows, [columns["tokens"], columns["tags"]], where, ids=ids)
     tokens, tags = row_tokens(rows, columns["tokens"]), row_tags(rows, columns["tags"])
     for i, (words, labels) in enumerate(zip(tokens, tags)):

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import column_list, pick_column, tokenize_rows
+from ftune.data import check_split_filled, check_split_text, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, Scores, Task
-from ftune.tasks.qa.data import check_rows, column_values, load_nested_squad, row_answers
+from ftune.tasks.qa.data import check_rows, column_values, load_nested_squad, row_answers, text_options
 
 QUESTION_COLUMNS = ("question", "questions", "query")
 CONTEXT_COLUMNS = ("context", "paragraph", "passage")
@@ -77,6 +77,8 @@ class QATask(Task):
         return {"question": question, "context": context, "answers": answers, "answer_start": start}
 
     def prepare_state(self, config, split, columns):
+        check_split_text(split, text_options(columns))
+        check_split_filled(split, [columns["question"], columns["context"]])
         version_2 = False
         for where, ds, ids in (("the training split", split.train, split.train_names),
                                ("the held-out split", split.eval, split.eval_names)):

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import SPLIT_ALIASES, check_no_missing, column_list, describe_rows
+from ftune.data import SPLIT_ALIASES, check_no_missing, check_text_columns, column_list, describe_rows
 from ftune.errors import UsageError
 
 
@@ -51,6 +51,7 @@ def row_answers(value: Any, start: Any, context: str) -> tuple[list[str], list[i
 def check_rows(ds, columns: dict[str, Optional[str]], where: str,
                ids: Optional[list] = None) -> list[tuple[list[str], list[int]]]:
     """Every row's answers; raise UsageError naming the rows with no question or context, or a misplaced answer."""
+    check_text_columns(ds, text_options(columns), where, ids)
     check_no_missing(ds, [columns["question"], columns["context"]], where, ids=ids)
     answers, bad = [], []
     for i, values in enumerate(zip(column_values(ds, columns["answers"]), column_values(ds, columns["answer_start"]),
@@ -58,12 +59,17 @@ def check_rows(ds, columns: dict[str, Optional[str]], where: str,
         try:
             answers.append(row_answers(*values))
         except ValueError as exc:
-            bad.append(f"{describe_rows([i], ids).removesuffix(' ...')}: {exc}")
+            bad.append(f"{describe_rows([i], ids)}: {exc}")
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise UsageError(f"{len(bad)} row(s) of {where} have answers that do not match their context — "
                          f"{'; '.join(bad[:3])}{more}; fix the answer or its start, or remove those rows")
     return answers
+
+
+def text_options(columns: dict[str, Optional[str]]) -> dict[str, str]:
+    """The question and context columns and the options that choose them."""
+    return {columns["question"]: "--question-column", columns["context"]: "--context-column"}
 
 
 def load_nested_squad(data: Optional[str]):

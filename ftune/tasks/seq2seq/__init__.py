@@ -14,7 +14,15 @@ from typing import Any, Optional
 
 from ftune import console
 from ftune.config import TaskOptions, option
-from ftune.data import check_no_missing, column_list, pick_column, tokenize_rows
+from ftune.data import (
+    check_no_missing,
+    check_split_filled,
+    check_split_text,
+    check_text_columns,
+    column_list,
+    pick_column,
+    tokenize_rows,
+)
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
 
@@ -90,8 +98,8 @@ class Seq2SeqTask(Task):
 
     def prepare_state(self, config, split, columns):
         model_type, limit = seq2seq_model_info(self, self.model_source(config))
-        check_no_missing(split.train, list(columns.values()), "the training split", ids=split.train_names)
-        check_no_missing(split.eval, list(columns.values()), "the held-out split", ids=split.eval_names)
+        check_split_text(split, _text_options(columns), lists=True)
+        check_split_filled(split, list(dict.fromkeys(columns.values())))
         prefix = config.task_options.source_prefix
         if prefix == "auto":
             prefix = self.auto_prefix(config, model_type)
@@ -103,6 +111,7 @@ class Seq2SeqTask(Task):
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
+        check_text_columns(rows, _text_options(state["columns"]), where, lists=True)
         check_no_missing(rows, list(state["columns"].values()), where)
 
     # ---- features and training --------------------------------------------------------------------
@@ -235,6 +244,14 @@ def seq2seq_model_info(task: Task, source) -> tuple[str, Optional[int]]:
 def source_length(max_length: int, state: dict[str, Any]) -> int:
     limit = state.get("source_limit")
     return min(max_length, limit) if limit else max_length
+
+
+def _text_options(columns) -> dict[str, str]:
+    """The source and target columns and the options that choose them; none for a column of {language: text}
+    dicts (translate checks those itself)."""
+    if columns["source"] == columns["target"]:
+        return {}
+    return {columns["source"]: "--source-column", columns["target"]: "--target-column"}
 
 
 def as_text(value: Any) -> str:
