@@ -10,6 +10,7 @@ otherwise, and reads ftune runs (full or LoRA), merged folders, Hub ids and GGUF
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,9 +32,29 @@ class GenerationOptions:
     seed: Optional[int] = None
 
     def check(self) -> None:
+        """Raise UsageError naming every setting out of its range (NaN and infinity too) at once."""
+        problems = [f"{flag} {value!r}: {why}" for flag, value, why in self._range_problems()]
+        if problems:
+            raise UsageError(f"invalid generation settings: {'; '.join(problems)}")
         if self.num_return_sequences > 1 and self.temperature <= 0 and self.num_beams < self.num_return_sequences:
             raise UsageError(f"--num-return-sequences {self.num_return_sequences} needs sampling (--temperature "
                              f"above 0) or --num-beams {self.num_return_sequences} or more")
+
+    def _range_problems(self):
+        """(flag, value, what it must be) for each setting out of its range."""
+        whole = [("--max-new-tokens", self.max_new_tokens, 1), ("--num-beams", self.num_beams, 1),
+                 ("--num-return-sequences", self.num_return_sequences, 1), ("--top-k", self.top_k, 0),
+                 ("--seed", self.seed, 0)]
+        for flag, value, least in whole:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                yield flag, value, f"must be a whole number, {least} or more"
+        if not _finite(self.temperature) or self.temperature < 0:
+            yield "--temperature", self.temperature, "must be a finite number, 0 (greedy) or more"
+        if self.top_p is not None and (not _finite(self.top_p) or not 0 < self.top_p <= 1):
+            yield "--top-p", self.top_p, "must be above 0 and at most 1"
+        if self.repetition_penalty is not None and (not _finite(self.repetition_penalty)
+                                                    or self.repetition_penalty <= 0):
+            yield "--repetition-penalty", self.repetition_penalty, "must be a finite number above 0 (1: no penalty)"
 
     def generate_kwargs(self, model, tokenizer) -> dict:
         sampling = self.temperature > 0
@@ -49,6 +70,10 @@ class GenerationOptions:
         if self.repetition_penalty is not None:
             kwargs["repetition_penalty"] = self.repetition_penalty
         return kwargs
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_encoder_decoder(model) -> bool:
@@ -170,6 +195,9 @@ def read_prompts(prompts: list[str], prompts_file: Optional[Path]) -> list[str]:
         if empty is not None:
             raise UsageError(f"--prompt number {empty} is empty; give the text to continue")
         return list(prompts)
+    from ftune.data import require_regular
+
+    require_regular(prompts_file, "--prompts-file", "a .txt or .jsonl file")
     if not prompts_file.is_file():
         raise UsageError(f"--prompts-file {prompts_file} does not exist; pass a .txt or .jsonl file")
     try:

@@ -20,14 +20,14 @@ def generate_command(
     gguf_file: Annotated[Optional[str], typer.Option("--gguf-file", help="GGUF file inside the --model "
                                                      "folder.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")] = 128,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy decoding; above 0: "
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy decoding; above 0 (finite): "
                                                "sample with this temperature.")] = 0.0,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: keep the "
-                                                   "smallest token set with this probability.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Sample from the K likeliest "
-                                                 "tokens.")] = None,
-    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", min=0.0,
-                                                                help="Above 1 discourages repeats.")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling, above 0 and at most 1: keep "
+                                                   "the smallest token set with this probability.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=0, help="Sample from the K likeliest tokens (0: "
+                                                 "no limit).")] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="Above 0: above 1 "
+                                                                "discourages repeats, 1 is none.")] = None,
     num_beams: Annotated[int, typer.Option("--num-beams", min=1, help="Beam search width (1: none).")] = 1,
     num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", min=1,
                                                       help="Texts per prompt.")] = 1,
