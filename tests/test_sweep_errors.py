@@ -29,6 +29,11 @@ def sweep_args(tiny_bert, data, tmp_path):
     return args
 
 
+# A time that has passed before the sweep asks for its first trial on any machine (a millisecond had not always: the
+# sweep took 1.8-4.6 ms to get there on 2 cores here, so a CPU twice as fast would have started a trial).
+NO_TIME = "1e-9"
+
+
 @pytest.fixture(scope="module")
 def started(tmp_path_factory, tiny_bert):
     """A sweep that exists but ran no trial yet (its time was up at once): what --resume continues; and its data."""
@@ -36,7 +41,7 @@ def started(tmp_path_factory, tiny_bert):
     data = write_jsonl(base / "data.jsonl", sentiment_rows(40))
     out = base / "started"
     result = invoke("sweep", "classify", "--model", tiny_bert, "--data", data, "--output-dir", out, *TRAIN,
-                    "--param", "lr=1e-3..1e-2:log", "--param", "epochs=1,2", "--timeout", "0.001")
+                    "--param", "lr=1e-3..1e-2:log", "--param", "epochs=1,2", "--timeout", NO_TIME)
     assert result.exit_code == 0, result
     return out, data
 
@@ -128,7 +133,7 @@ def test_a_recipe_sweep_section_configures_the_sweep(tiny_bert, data, tmp_path, 
                       "    batch-size: [4, 8]\n  trials: 4\n  metric: accuracy\n  sampler: random\n")
     out = tmp_path / "sweep"
     result = ftune("sweep", "classify", "--model", tiny_bert, "--data", data, "--config", recipe, "--output-dir", out,
-                   "--param", "lr=1e-4..1e-3:log", "--timeout", "0.001")  # flags win; no time for a trial
+                   "--param", "lr=1e-4..1e-3:log", "--timeout", NO_TIME)  # flags win; no time for a trial
     assert result.exit_code == 0, result
     saved = yaml.safe_load((out / "sweep.yaml").read_text())
     assert saved["sweep"]["params"] == {"lr": "0.0001..0.001:log", "batch-size": "4,8"}
