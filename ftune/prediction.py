@@ -76,8 +76,9 @@ def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[
 
 def read_input_file(path: Path) -> tuple[list[dict], list[str]]:
     """Rows of a .csv/.tsv/.json/.jsonl/.parquet file as dicts, and how the user knows each row (its line)."""
-    from ftune.data import load_source
+    from ftune.data import load_source, require_regular
 
+    require_regular(path, "--input", "a .csv, .tsv, .jsonl, .json or .parquet file")
     if not path.is_file():
         raise UsageError(f"--input {path} does not exist; pass a .csv, .tsv, .jsonl, .json or .parquet file")
     rows = [dict(row) for row in load_source(str(path))["train"]]

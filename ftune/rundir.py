@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from ftune.config import RUN_INFO_KEY
 from ftune.errors import UsageError
@@ -64,8 +64,10 @@ class RunDir:
         return target
 
     # ---- the run's files --------------------------------------------------------------------------
-    def write_config(self, task_name: str, config, state: dict[str, Any], precision: str) -> None:
-        """ftune.yaml: every option as resolved, and under `run:` what the run derived (labels, versions)."""
+    def write_config(self, task_name: str, config, state: dict[str, Any], precision: str,
+                     location: Optional[Path] = None) -> None:
+        """ftune.yaml: every option as resolved, and under `run:` what the run derived (labels, versions).
+        `location`: where the run will live when it is finished (a staged run is written elsewhere first)."""
         import yaml
 
         info = {"task": task_name, "precision": precision, "created": datetime.now().isoformat(timespec="seconds"),
@@ -73,7 +75,7 @@ class RunDir:
         body = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
         tail = yaml.safe_dump({RUN_INFO_KEY: info}, sort_keys=False, allow_unicode=True)
         header = (f"# ftune {task_name} run configuration, resolved. Rerun with:\n"
-                  f"#   ftune {task_name} --config {self.path / CONFIG_FILE} --output-dir NEW_DIR\n")
+                  f"#   ftune {task_name} --config {(location or self.path) / CONFIG_FILE} --output-dir NEW_DIR\n")
         self.write_text(CONFIG_FILE, header + body + tail)
 
     def write_split(self, record: dict[str, Any]) -> None:

@@ -146,16 +146,18 @@ def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Pre
     """Raise UsageError listing what differs between this command and the run it would continue."""
     import json
 
-    import yaml
-
+    from ftune.config import default_of, read_yaml_file
     from ftune.rundir import CONFIG_FILE, SPLIT_FILE
 
     saved_file = workdir / CONFIG_FILE
     if not saved_file.is_file():
         return  # the earlier attempt stopped before writing its configuration: nothing to continue
-    saved = yaml.safe_load(saved_file.read_text()) or {}
+    saved = read_yaml_file(saved_file, f"the run's {CONFIG_FILE}") or {}
     info = saved.pop("run", {})
     now = config.to_dict()
+    # An option added to ftune after the run was written is absent from its ftune.yaml: the run had its default.
+    for key in now.keys() - saved.keys():
+        saved[key] = default_of(task.options_class, key)
     differs = [f"{key} (run: {saved.get(key)!r}, now: {now.get(key)!r})" for key in now
                if key not in NOT_RESULT_CHANGING and saved.get(key) != now.get(key)]
     if info.get("task") != task.name:
@@ -191,7 +193,7 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Se
         dist.wait_for_everyone()
         checkpoint = last_complete_checkpoint(plan.workdir) if plan.resume else None
         if main and checkpoint is None:
-            run.write_config(task.name, config, prepared.state, prepared.precision)
+            run.write_config(task.name, config, prepared.state, prepared.precision, location=plan.target)
             run.write_split(prepared.split.record)
         with logs_in(plan.workdir / LOGS_FOLDER, config.report_to):  # trackers write into the run while it trains
             _train(task, config, run, plan.target, prepared, checkpoint, resume=plan.resume, callbacks=callbacks)

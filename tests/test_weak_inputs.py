@@ -318,6 +318,10 @@ def test_a_pipe_as_data_or_prompts_is_not_a_regular_file(runs, tiny_bert, tiny_g
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]
 
 
+def test_a_device_as_predict_input_is_not_a_regular_file(runs, tmp_path):
+    usage_error(invoke("predict", runs / "full", "--input", os.devnull), f"--input {os.devnull} is not a regular file")
+
+
 # ---- 7. push with the Hub unreachable -----------------------------------------------------------------
 
 

@@ -238,8 +238,32 @@ def test_overwrite_through_a_linked_output_dir_twice(finished, tiny_bert, data, 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real"]
         assert sorted(p.name for p in real.iterdir()) == ["run"]  # no staging, no link, no leftover
         assert_finished_run(real / "run")
-        assert f"seed: {seed}" in (real / "run" / "ftune.yaml").read_text().splitlines()
+        saved = (real / "run" / "ftune.yaml").read_text()
+        assert f"seed: {seed}" in saved.splitlines()
+        assert "ftune-staging" not in saved  # "Rerun with" names the run's own folder, not where it was built
     assert_rescores(out)
+
+
+def test_resume_of_a_run_from_before_an_option_existed(tiny_bert, data, tmp_path):
+    """An interrupted run whose ftune.yaml predates an option (the option is absent) had that option's default:
+    --resume continues it, and refuses only when the command asks for another value."""
+    run = tmp_path / "run"
+    command = ["classify", "--model", tiny_bert, "--data", data, "--output-dir", run, "--max-steps", "4",
+               "--eval-steps", "2", "--checkpoint-minutes", "0", "--batch-size", "8", "--max-length", "32"]
+    killed = subprocess.run([sys.executable, str(HELPERS / "kill_during_run.py"), "after-checkpoint", "2",
+                             *map(str, command)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    config = run / "ftune.yaml"
+    lines = config.read_text().splitlines()
+    assert "merge_label_variants: false" in lines
+    config.write_text("\n".join(line for line in lines if line != "merge_label_variants: false") + "\n")
+
+    other = invoke(*command, "--merge-label-variants", "--resume")
+    assert_usage_error(other, "merge_label_variants (run: False, now: True)")
+    resumed = invoke(*command, "--resume")
+    assert resumed.exit_code == 0, resumed
+    assert "resuming from checkpoint-2" in resumed.stdout
+    assert_finished_run(run)
 
 
 @pytest.fixture(scope="module")
