@@ -200,12 +200,6 @@ class RunFolderPlan:
     asked_overwrite: bool = False
 
     @property
-    def saved_config(self) -> Optional[Path]:
-        """The ftune.yaml of the run being resumed."""
-        path = self.workdir / CONFIG_FILE
-        return path if self.resume and path.is_file() else None
-
-    @property
     def decision(self) -> tuple:
         return self.workdir, self.staged, self.resume, self.clear
 

@@ -79,6 +79,10 @@ class Problem:
         """The metrics (without "eval_"), details and on-screen table of the outputs against the references."""
         raise NotImplementedError
 
+    def pictures(self, state, evaluation) -> list:
+        """Pictures of an evaluation (ftune.pictures), drawn into the run and by `ftune eval`."""
+        return []
+
 
 def merging(config) -> bool:
     """Whether the run merges labels that differ only by case or surrounding spaces (--merge-label-variants)."""
@@ -107,10 +111,6 @@ def check_unseen(found, labels: list[str]) -> None:
 
 
 # ---- single-label ------------------------------------------------------------------------------------
-
-    def pictures(self, state, evaluation) -> list:
-        """Pictures of an evaluation (ftune.pictures), drawn into the run and by `ftune eval`."""
-        return []
 
 
 class SingleLabel(Problem):
