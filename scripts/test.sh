@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up ftune with its test extras in .venv and run the test suite (CPU, offline; slow and gpu tests left out).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` or `bash scripts/test.sh tests/test_cli.py`.
+# Tests marked `numerics` assert figures training computes; .ci/run runs them again with other float rounding:
+# OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 bash scripts/test.sh -m "numerics and not slow and not gpu"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
