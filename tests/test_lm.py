@@ -13,7 +13,8 @@ import pytest
 from tests import tiny_models
 from tests.conftest import read_json, read_jsonl
 
-FAST = ("--max-steps", "30", "--batch-size", "8", "--lr", "3e-3", "--logging-steps", "50")
+FAST = ("--max-steps", "30", "--batch-size", "8", "--lr", "3e-3", "--logging-steps", "50",
+        "--precision", "fp32")  # fp32 on every CPU: the tests assert what training learned
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,6 +147,7 @@ def assert_learned(run: Path) -> dict:
 # The three data shapes
 
 
+@pytest.mark.numerics
 def test_plain_text_is_packed_and_learned(ftune, tiny_gpt2, lm_data, tmp_path):
     run = tmp_path / "run"
     train(ftune, "--model", tiny_gpt2, "--data", lm_data["text"], "--block-size", "64", "--output-dir", run)
@@ -182,6 +184,7 @@ def test_plain_text_is_packed_and_learned(ftune, tiny_gpt2, lm_data, tmp_path):
     assert features["input_ids"][0].count(tokenizer.eos_token_id) >= 1  # documents are separated by EOS
 
 
+@pytest.mark.numerics
 def test_completion_loss_masks_the_prompt(ftune, tiny_gpt2, lm_data, tmp_path):
     from transformers import AutoTokenizer
 
@@ -203,6 +206,7 @@ def test_completion_loss_masks_the_prompt(ftune, tiny_gpt2, lm_data, tmp_path):
     assert read_json(run / "split.json")["method"] == "fraction"
 
 
+@pytest.mark.numerics
 def test_chat_learns_assistant_turns_only(ftune, chat_gpt2, tiny_gpt2, lm_data, tmp_path):
     from transformers import AutoTokenizer
 

@@ -15,8 +15,10 @@ CITIES = ["paris", "london", "berlin", "france", "germany", "england"]
 ADJECTIVES = ["big", "small", "red", "happy"]
 ANIMALS = ["cat", "dog", "bird", "fish"]
 FILLER = "the a runs jumps sleeps eats quickly slowly house tree river".split()
-# Few steps, short inputs: each run trains in seconds on 2 CPU cores (the task is learnable in ~40 steps).
-FAST = ["--max-steps", "40", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32", "--logging-steps", "10"]
+# Few steps, short inputs: each run trains in seconds on 2 CPU cores (the task is learnable in ~40 steps); in fp32
+# on every CPU (auto trains in bf16 on CPUs with AMX), since the tests assert what training learned.
+FAST = ["--max-steps", "40", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32", "--logging-steps", "10",
+        "--precision", "fp32"]
 
 
 def tagged_sentence(rng: random.Random, parts: int) -> tuple[list[str], list[str]]:
@@ -82,6 +84,7 @@ def conll_rows(path: Path) -> list[tuple[list[str], list[str]]]:
 # ---- a full run -----------------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_full_run_writes_the_run_directory(full_run):
     names = {p.name for p in full_run.path.iterdir()}
     expected = {"config.json", "model.safetensors", "tokenizer.json", "ftune.yaml", "split.json",
@@ -149,6 +152,7 @@ def test_eval_reproduces_training_metrics(full_run, ftune, tmp_path, conll_folde
     assert read_jsonl(tmp_path / "file" / "eval_predictions.jsonl") == read_jsonl(tmp_path / "eval_predictions.jsonl")
 
 
+@pytest.mark.numerics
 def test_predict_prints_entities_with_character_offsets(full_run, ftune, tmp_path):
     text = "The happy cat sleeps, Paris and the big dog"
     result = ftune("predict", full_run.path, "--text", text, "--text", "london")
@@ -176,6 +180,7 @@ def test_predict_prints_entities_with_character_offsets(full_run, ftune, tmp_pat
     assert [(e["text"], e["start"], e["end"]) for e in row["entities"]][:1] == [("red bird", 0, 8)]
 
 
+@pytest.mark.numerics
 def test_full_run_serves_the_token_classification_pipeline(full_run, ftune):
     """Words the tiny tokenizer keeps whole: the pipeline's sub-tokens are ftune's words, so the two agree."""
     from transformers import AutoTokenizer, pipeline
@@ -200,6 +205,7 @@ def test_full_run_serves_the_token_classification_pipeline(full_run, ftune):
 # ---- LoRA -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_lora_train_eval_merge_give_equal_logits(lora_run, ftune, tmp_path):
     import torch
     from peft import AutoPeftModelForTokenClassification
@@ -249,6 +255,7 @@ def test_window_plan_covers_every_word_once():
         assert all(windows[w][0] <= i < windows[w][1] for i, w in enumerate(owner))
 
 
+@pytest.mark.numerics
 def test_a_sentence_many_times_longer_than_max_length_gets_a_tag_for_every_word(tiny_bert, ftune, tmp_path):
     import datasets
     from transformers import AutoTokenizer
@@ -267,7 +274,7 @@ def test_a_sentence_many_times_longer_than_max_length_gets_a_tag_for_every_word(
     write_jsonl(data / "validation.jsonl", rows[30:])
     run = tmp_path / "run"
     result = ftune("ner", "--model", tiny_bert, "--data", data, "--output-dir", run, "--max-steps", "30",
-                   "--batch-size", "8", "--lr", "3e-3", "--max-length", "16")
+                   "--batch-size", "8", "--lr", "3e-3", "--max-length", "16", "--precision", "fp32")
     assert result.exit_code == 0, result
     predictions = {p["id"]: p for p in read_jsonl(run / "eval_predictions.jsonl")}
     held = predictions["long"]

@@ -13,7 +13,7 @@ from tests.conftest import held_out_rows, read_json, read_jsonl, task_recipes, t
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # Few steps, short sequences: each run trains in seconds on 2 CPU cores.
 FAST = ["--max-steps", "30", "--batch-size", "8", "--lr", "3e-3", "--max-length", "16", "--max-target-length", "8",
-        "--val-fraction", "0.2", "--logging-steps", "10"]
+        "--val-fraction", "0.2", "--logging-steps", "10", "--precision", "fp32"]  # fp32 on any CPU
 VOCAB = "cat dog bird fish house tree river city paper model data story movie actor paris london".split()
 
 
@@ -233,6 +233,7 @@ def test_summarize_recipes_resolve():
     assert found["summarize-t5-small-lora"][0]["lora"] is True
 
 
+@pytest.mark.numerics
 def test_gradient_accumulation_does_not_scale_the_loss(ftune, tiny_t5, docs_file, tmp_path):
     """The seq2seq loss is a mean over its batch: 2 x 4 accumulated rows log the loss of 8 rows, not twice it
     (transformers would not divide, reading the model's **kwargs as a token-count normalisation)."""
@@ -240,7 +241,7 @@ def test_gradient_accumulation_does_not_scale_the_loss(ftune, tiny_t5, docs_file
     for name, batch in (("one", ["--batch-size", "8"]), ("accumulated", ["--batch-size", "4", "--grad-accum", "2"])):
         result = ftune("summarize", "--model", tiny_t5, "--data", docs_file, "--output-dir", tmp_path / name,
                        "--max-steps", "1", "--max-length", "16", "--max-target-length", "8", "--logging-steps", "1",
-                       "--no-group-by-length", *batch)
+                       "--no-group-by-length", "--precision", "fp32", *batch)
         assert result.exit_code == 0, result
         losses.append(read_json(tmp_path / name / "trainer_state.json")["log_history"][0]["loss"])
     assert losses[1] == pytest.approx(losses[0], rel=0.25)  # dropout differs; a doubled loss would not pass

@@ -184,6 +184,7 @@ def _status(pid: int) -> str:
         return "zombie"
 
 
+@pytest.mark.numerics
 def test_pruning_stops_a_hopeless_trial_but_never_a_finished_one(tiny_bert, data, tmp_path, ftune):
     out = tmp_path / "sweep"
     # A grid runs its combinations in the order listed: a sensible learning rate for 6 steps and for 2, then a

@@ -15,7 +15,7 @@ from tests.conftest import held_out_rows, read_json, read_jsonl, task_recipes, t
 LEXICON = {"cat": "paper", "dog": "model", "bird": "data", "fish": "story", "house": "movie", "tree": "film",
            "river": "actor", "city": "plot"}
 FAST = ["--max-steps", "30", "--batch-size", "8", "--lr", "3e-3", "--max-length", "24", "--max-target-length", "8",
-        "--val-fraction", "0.2", "--logging-steps", "10"]
+        "--val-fraction", "0.2", "--logging-steps", "10", "--precision", "fp32"]  # fp32 on any CPU
 
 
 def pairs(n: int, seed: int = 0, words=(2, 5)) -> list[tuple[str, str]]:
@@ -116,6 +116,7 @@ def test_t5_run_writes_the_run_directory(t5_run):
     assert details["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
 
 
+@pytest.mark.numerics
 def test_bleu_and_chrf_recomputed_with_sacrebleu(t5_run):
     import sacrebleu
 
