@@ -1,6 +1,6 @@
-"""The Trainer every ftune task runs — transformers' own, with held-out rows scored in their original order and
-a stop at the first non-finite loss — its callbacks, and the inference Trainer that `ftune eval` and
-`ftune predict` score with.
+"""The Trainer every ftune task runs — transformers' own, with held-out rows scored in their original order,
+a stop at the first non-finite loss and a checkpoint before a signal stops it — its callbacks, and the inference
+Trainer that `ftune eval` and `ftune predict` score with.
 
 transformers 5 applies `train_sampling_strategy="group_by_length"` to evaluation batches too. ftune groups
 training batches by length (faster), but pairs each prediction with its row (ids, QA windows, references)
@@ -17,11 +17,12 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ftune.errors import RunFailed
+from ftune.errors import RunFailed, RunInterrupted
 
 
 class FtuneTrainer(Trainer):
-    """Trainer with in-order evaluation that stops at the first non-finite training loss."""
+    """Trainer with in-order evaluation that stops at the first non-finite training loss, and after a checkpoint
+    when a stop signal arrives (ftune.signals)."""
 
     # The classification, QA and seq2seq heads return a mean over their own batch, so the loss must be divided by
     # the accumulation steps. transformers would not divide when a model's forward takes **kwargs and the batch has
@@ -29,6 +30,29 @@ class FtuneTrainer(Trainer):
     # summarize losses and gradients by N (tests/test_summarize.py). The
     # causal-LM trainer leaves the decision to transformers: those models do normalise by the token count.
     loss_is_scaled_for_ga = False
+
+    def train(self, *args, **kwargs):
+        """Trainer.train; a stop signal while it trains ends it after the current step and a complete checkpoint
+        (StopOnSignal), and then raises RunInterrupted."""
+        from ftune import signals
+
+        stop = StopOnSignal()
+        self.add_callback(stop)  # after ftune's checkpoint callbacks: ThrottledCheckpoints must not cancel its save
+        try:
+            with signals.deferred():
+                output = super().train(*args, **kwargs)
+        finally:
+            self.remove_callback(stop)
+        if stop.signal:
+            raise stop.interrupted(self.state.global_step)
+        return output
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        if self.state.global_step >= self.state.max_steps:
+            # Resumed from a checkpoint of the last step (a stop signal's) where that step ends mid-epoch: transformers
+            # would train one step past --max-steps. Nothing is left to train.
+            return []
+        return super().get_resumed_dataloader(dataloader, num_batches)
 
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
@@ -69,6 +93,97 @@ class CheckpointMarker(TrainerCallback):
             if checkpoint.is_dir():
                 mark_complete(checkpoint)
         return control
+
+
+class StopOnSignal(TrainerCallback):
+    """Stops training after the current optimizer step, with a complete checkpoint, once a stop signal has arrived
+    (ftune.signals; FtuneTrainer adds it last, so the checkpoint callbacks' throttle cannot cancel its save).
+
+    Every rank stops at the same step: the signal is agreed on (an all-reduce of one number) at each step's end and
+    each evaluation, so a rank the signal reached a moment later still stops with the others. The checkpoint holds
+    what an uninterrupted run would have done by then: the step's scheduled evaluation happens first, and an epoch's
+    end is left to the Trainer's end-of-epoch pass (its evaluation too) rather than saved before it; so the resumed
+    run repeats the uninterrupted one exactly.
+    """
+
+    def __init__(self):
+        self.signal = 0                        # the agreed stop signal; 0 while there is none
+        self.training = False
+        self.saved_step: Optional[int] = None  # the step of the last checkpoint written
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._agree(args):
+            control.should_training_stop = True
+            if not _loop_ends_at(state):  # else the end-of-epoch pass that follows saves (on_epoch_end)
+                control.should_save = control.should_log = True
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.training and self._agree(args):  # it came during the evaluation: save right after it
+            control.should_training_stop = True
+            control.should_save = control.should_log = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if not self.signal:
+            return control
+        if _loop_ends_at(state):  # an uninterrupted run ends its epoch here too: its evaluation as scheduled
+            if self.saved_step != state.global_step:
+                control.should_save = control.should_log = True
+        else:  # training broke off mid-epoch after this step's checkpoint: no epoch ends here
+            control.should_evaluate = control.should_save = control.should_log = False
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved_step = state.global_step
+        if self.signal:
+            # The Trainer's end of training would delete every checkpoint but the best one (save_total_limit=1) —
+            # this one too. Its trainer_state.json has the value already; the model in memory is not used again.
+            state.best_model_checkpoint = None
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+        self._agree(args)  # a signal during the last step's save: every rank ends alike
+        return control
+
+    def _agree(self, args) -> int:
+        """The signal to stop for, the same on every rank (the highest number any rank received), or 0."""
+        if self.signal:
+            return self.signal
+        from ftune import console, signals
+
+        local = signals.requested() or 0
+        if args.world_size > 1:
+            import torch.distributed as td
+
+            if td.is_available() and td.is_initialized():
+                agreed = torch.tensor([local], dtype=torch.int64, device=args.device)
+                td.all_reduce(agreed, op=td.ReduceOp.MAX)
+                local = int(agreed.item())
+        if local:
+            import signal
+
+            signals.adopt(local)  # a rank that learns of it here ignores the launcher's copy of the signal
+            self.signal = local
+            if self.training:
+                console.info(f"{signal.Signals(local).name}: saving a checkpoint after this step, then stopping")
+        return self.signal
+
+    def interrupted(self, step: int) -> RunInterrupted:
+        """The exception that ends the command, naming the checkpoint to resume from."""
+        if self.saved_step == step:
+            return RunInterrupted(self.signal, where=f" at step {step}", resume_from=f"checkpoint-{step}")
+        return RunInterrupted(self.signal, where=f" at step {step}")
+
+
+def _loop_ends_at(state) -> bool:
+    """Whether the Trainer's loop ends its epoch at this step in any case: the epoch's last step, or the run's."""
+    return state.global_step >= state.max_steps or float(state.epoch or 0).is_integer()
 
 
 class LogEveryCheckpoint(TrainerCallback):

@@ -62,8 +62,8 @@ COMMANDS = [
 for _name, _function, _panel in COMMANDS:
     if isinstance(_function, typer.Typer):  # a group of commands (it guards its own)
         app.add_typer(_function, name=_name, rich_help_panel=_panel)
-    else:
-        app.command(_name, rich_help_panel=_panel)(guarded(_function))
+    else:  # the training commands save a checkpoint when a signal stops them (ftune.signals)
+        app.command(_name, rich_help_panel=_panel)(guarded(_function, stops_on_signals=_panel == "Train"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -1,8 +1,9 @@
 """What every command shares: the error boundary and the option aliases used by more than one command.
 
 Errors become one line in one place. `guarded` wraps every command when it is registered: bad input
-(UsageError) is `error: ...` and exit code 2, an interrupt says how to resume (130), anything else is one
-line and exit code 1 — with `--debug`, the traceback instead. `ftune.cli.main` turns the parser's own usage
+(UsageError) is `error: ...` and exit code 2, an interrupt says how to resume (130; a training command stopped
+by SIGINT, SIGTERM or SIGUSR1 first saves a checkpoint and exits 130, 143 or 138: ftune.signals), anything else
+is one line and exit code 1 — with `--debug`, the traceback instead. `ftune.cli.main` turns the parser's own usage
 errors (an unknown flag, a value of the wrong type) into the same one line.
 
 `guarded` also sets how the command reports (ftune.console.session) from its `--quiet` and `--log-format`
@@ -13,8 +14,10 @@ options. They are options of each command that prints progress (the training com
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +25,7 @@ from typing import Annotated
 import typer
 
 from ftune import console
-from ftune.errors import RunFailed, UsageError
+from ftune.errors import RunFailed, RunInterrupted, UsageError
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library warnings.")]
 RunArg = Annotated[Path, typer.Argument(help="A run directory written by an ftune training command.")]
@@ -41,8 +44,9 @@ LogFormatOption = Annotated[LogFormat, typer.Option(
 INTERRUPTED = 130
 
 
-def guarded(command):
-    """The command, with its failures reported as one `error:` line and ftune's exit codes."""
+def guarded(command, *, stops_on_signals: bool = False):
+    """The command, with its failures reported as one `error:` line and ftune's exit codes. `stops_on_signals`: a
+    command that trains, which SIGINT, SIGTERM and SIGUSR1 stop after a checkpoint (ftune.signals)."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -51,20 +55,31 @@ def guarded(command):
         log_format = kwargs.get("log_format") or LogFormat.text
         with console.session(quiet=bool(kwargs.get("quiet")), log_format=LogFormat(log_format).value):
             try:
-                return command(*args, **kwargs)
+                with _signal_handling(stops_on_signals):
+                    return command(*args, **kwargs)
             except typer.Exit:
                 raise
             except BaseException as exc:  # noqa: BLE001 — the boundary where failures become one line
-                if debug or isinstance(exc, SystemExit):
+                if isinstance(exc, SystemExit) or debug and not isinstance(exc, RunInterrupted):
                     raise
+                if debug:  # where it stopped, and still the exit code that says how (130, 143, 138)
+                    traceback.print_exc()
                 raise typer.Exit(report(exc)) from None
 
     return run
 
 
+def _signal_handling(stops_on_signals: bool):
+    if not stops_on_signals:
+        return contextlib.nullcontext()
+    from ftune.signals import stop_on_signals
+
+    return stop_on_signals()
+
+
 def report(exc: BaseException) -> int:
     """Print the one line for `exc` and return the exit code."""
-    if isinstance(exc, (UsageError, RunFailed)):
+    if isinstance(exc, (UsageError, RunFailed, RunInterrupted)):
         console.error(str(exc))
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
