@@ -54,6 +54,17 @@ class FtuneTrainer(Trainer):
             return []
         return super().get_resumed_dataloader(dataloader, num_batches)
 
+    def _save_checkpoint(self, model, trial):
+        # transformers deletes the checkpoints beyond save_total_limit at the end of _save_checkpoint, before the
+        # callbacks' on_save, where CheckpointMarker marks the new one complete: a kill in between left no complete
+        # checkpoint. CheckpointMarker drops the older ones once the new one is marked. (The limit reads None in the
+        # checkpoint's training_args.bin, which a resume does not read.)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+
     def _get_eval_sampler(self, eval_dataset):
         if eval_dataset is None or self.args.world_size > 1:
             return None  # as the base Trainer: with several ranks accelerate shards the rows in order
@@ -83,15 +94,21 @@ class FtuneTrainer(Trainer):
 
 
 class CheckpointMarker(TrainerCallback):
-    """Marks each checkpoint complete once the Trainer has written all of it (see ftune.folders)."""
+    """Marks each checkpoint complete once the Trainer has written all of it (see ftune.folders), then removes the
+    checkpoints beyond save_total_limit (FtuneTrainer leaves that to here): at every moment a complete one exists."""
 
     def on_save(self, args, state, control, **kwargs):
+        from transformers.trainer_utils import rotate_checkpoints
+
         from ftune.folders import mark_complete
 
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 mark_complete(checkpoint)
+        if args.should_save:  # as transformers' own rotation: the process that saves
+            rotate_checkpoints(output_dir=args.output_dir, save_total_limit=args.save_total_limit,
+                               best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
         return control
 
 
