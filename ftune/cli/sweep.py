@@ -44,7 +44,7 @@ def make_sweep_app(tasks) -> typer.Typer:
                       "complete run in SWEEP/trial-NNN, one recorded held-out split, best.yaml, resumable.")
     for task in tasks:
         app.command(task.name, help=f"Search hyperparameters of ftune {task.name}: {task.summary}")(
-            guarded(make_sweep_command(task)))
+            guarded(make_sweep_command(task), stops_on_signals=True))
     return app
 
 

@@ -1,7 +1,8 @@
 """The process of one sweep trial: `python -m ftune.cli.sweep_trial`, started by `ftune sweep` (not by people).
 
 It dies with the sweep that started it (Linux: the kernel sends it SIGKILL when its parent dies), reports its
-failures as one `error:` line in its log, like any command, and exits with ftune's codes.
+failures as one `error:` line in its log, like any command, and exits with ftune's codes. A signal the sweep passes
+on stops it as it stops a training command: a checkpoint, then exit code 130, 143 or 138.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import sys
 
 from ftune.cli.common import report, set_debug
+from ftune.errors import RunInterrupted
+from ftune.signals import stop_on_signals
 from ftune.sweep.trials import SWEEP_PID
 
 
@@ -31,13 +34,15 @@ def die_with_parent() -> None:
 
 def main() -> None:
     die_with_parent()
-    set_debug(os.environ.get("FTUNE_DEBUG") == "1")
+    debug = os.environ.get("FTUNE_DEBUG") == "1"
+    set_debug(debug)
     try:
-        from ftune.sweep.trial import read_spec, run_trial
+        with stop_on_signals():  # the sweep passes its signal on: the trial saves a checkpoint and exits 130/143/138
+            from ftune.sweep.trial import read_spec, run_trial
 
-        run_trial(read_spec(), sys.stdin)
+            run_trial(read_spec(), sys.stdin)
     except BaseException as exc:  # noqa: BLE001 — the boundary where failures become one line
-        if os.environ.get("FTUNE_DEBUG") == "1":
+        if debug and not isinstance(exc, RunInterrupted):
             raise
         sys.exit(report(exc))
 

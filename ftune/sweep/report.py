@@ -14,7 +14,7 @@ from ftune import console
 from ftune.console import table
 from ftune.rundir import write_jsonl
 from ftune.sweep.space import Param, format_value
-from ftune.sweep.study import FAILURE_KEY, PRUNED_AT_KEY, SURPLUS_KEY, WORKER_KEY
+from ftune.sweep.study import FAILURE_KEY, PRUNED_AT_KEY, SURPLUS_KEY, WORKER_KEY, waits_to_continue
 from ftune.sweep.trials import has_weights, train_runtime, trial_folder
 
 TRIALS_FILE = "trials.jsonl"
@@ -24,10 +24,11 @@ STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
 
 
 def trial_rows(trials: list, sweep_dir: Path, space: list[Param]) -> list[dict[str, Any]]:
-    """One object per finished trial (complete, pruned or failed), by number: what trials.jsonl holds."""
+    """One object per finished trial (complete, pruned or failed) and per interrupted one (stopped by a signal,
+    to be continued by --resume), by number: what trials.jsonl holds."""
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
-        state = STATE_NAMES.get(trial.state.name)
+        state = "interrupted" if waits_to_continue(trial) else STATE_NAMES.get(trial.state.name)
         if state is None or trial.user_attrs.get(SURPLUS_KEY):
             continue
         folder = trial_folder(sweep_dir, trial.number)

@@ -7,7 +7,8 @@ or joins it with another command is refused with the differences listed.
 
 Each trial records the process that runs it (host, pid and the pid's start time). A trial left RUNNING by a process
 of this machine that is gone (kill -9, a crash) is found by that record: `--resume` marks it failed, and its place
-is taken by a new trial. Trials of other machines are theirs to recover.
+is taken by a new trial. Trials of other machines are theirs to recover. A trial stopped by a signal (which saved a
+checkpoint first) is put back to WAITING instead: `--resume` continues it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ META_KEY = "ftune"
 WORKER_KEY = "worker"             # trial user attribute: the process that runs it
 PRUNED_AT_KEY = "pruned_at_evaluation"
 FAILURE_KEY = "failure"           # why a trial failed (the trial's error line); none: it was interrupted
+INTERRUPTED_KEY = "interrupted"   # the signal that stopped a trial, which waits (WAITING) for --resume to continue it
 SURPLUS_KEY = "surplus"           # a trial asked for when the total was already reached: never run
 GRID_KEY = "grid_point"           # an enqueued combination of a grid sweep
 SQLITE_TIMEOUT_S = 60             # how long a writer waits for another process's lock on a shared SQLite study
@@ -187,6 +189,21 @@ def fail_orphans(study, orphans: list) -> None:
 
 def was_interrupted(trial) -> bool:
     return trial.state.name == "FAIL" and FAILURE_KEY not in trial.user_attrs and SURPLUS_KEY not in trial.user_attrs
+
+
+def put_back(storage, study_name: str, number: int) -> None:
+    """Return running trial `number` to WAITING, with its parameters: the next `ask` — this sweep's --resume, or
+    another process on the study — gets it again, under the same number, and runs it in the same folder."""
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(study_name)
+    storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, number),
+                                   state=TrialState.WAITING)
+
+
+def waits_to_continue(trial) -> bool:
+    """A trial a signal stopped, waiting for --resume to continue it from its checkpoint."""
+    return trial.state.name == "WAITING" and INTERRUPTED_KEY in trial.user_attrs
 
 
 # --------------------------------------------------------------------------------------------------

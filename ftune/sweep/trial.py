@@ -2,8 +2,8 @@
 
 Imported only in a trial process (`python -m ftune.cli.sweep_trial`), which the sweep starts with a JSON spec on
 stdin: the task, the trial's resolved configuration, the held-out split every trial scores, the metric, and the
-pipe to report on. The run goes through the training spine like any `ftune TASK` run; the spine checks that its
-held-out rows are the sweep's.
+pipe to report on, and whether to resume (a trial a signal stopped, continued by `ftune sweep --resume`). The run
+goes through the training spine like any `ftune TASK` run; the spine checks that its held-out rows are the sweep's.
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ class ReportEvaluations(TrainerCallback):
 
     def __init__(self, metric: str, reports: TextIO, answers: TextIO):
         self.metric, self.reports, self.answers = metric, reports, answers
-        self.evaluations = 0
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
         if self.metric not in metrics:
             raise UsageError(f"the runs report no {self.metric} (they report {', '.join(sorted(metrics))}); pass one "
                              "of those to --metric")
-        self.evaluations += 1
+        # Counted in the log history (this evaluation is its last entry), so a trial continued from a checkpoint
+        # numbers its evaluations on from those before it.
+        evaluation = sum(1 for entry in state.log_history if self.metric in entry)
         last = state.global_step >= state.max_steps  # the run ends here anyway: nothing to stop
-        self.reports.write(json.dumps({"evaluation": self.evaluations, "step": state.global_step, "last": last,
+        self.reports.write(json.dumps({"evaluation": evaluation, "step": state.global_step, "last": last,
                                        "value": float(metrics[self.metric])}) + "\n")
         self.reports.flush()
         answer = self.answers.readline().strip()
@@ -55,7 +56,7 @@ def run_trial(spec: dict[str, Any], answers: TextIO) -> None:
     config = resolve_config(task.options_class, layers=[("the trial's configuration", spec["config"])])
     with os.fdopen(spec["report_fd"], "w") as reports:
         reporter = ReportEvaluations(spec["metric"], reports, answers)
-        run_training(task, config, held_out=spec["held_out"], callbacks=[reporter])
+        run_training(task, config, resume=spec.get("resume", False), held_out=spec["held_out"], callbacks=[reporter])
 
 
 def read_spec() -> dict[str, Any]:

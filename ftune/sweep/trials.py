@@ -12,6 +12,10 @@ ftune.cli.sweep_trial`, through the training spine), its output going to `SWEEP/
 
 The price is a process start with the libraries imported, a few seconds per trial.
 
+A signal that stops the sweep (SIGINT, SIGTERM, SIGUSR1) is passed on to its trial processes, which save a checkpoint
+and stop as any training command does; the sweep records them as interrupted (Optuna's WAITING state, with their
+parameters), and `--resume` continues each one in its own folder from that checkpoint.
+
 Pruning: at each evaluation the trial process sends the metric up a pipe and waits for the answer; the sweep
 reports it to its Optuna trial and answers "prune" when the pruner says so, and the trial then stops training and
 finishes its run folder with the best checkpoint it has. All Optuna calls happen in the sweep's process.
@@ -23,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -67,7 +72,48 @@ class Outcome:
     error: Optional[str] = None         # its `error:` line, when it failed
 
 
-def run_trial_process(spec: dict[str, Any], *, log: Path, env: dict[str, str], report, processes: set) -> Outcome:
+class TrialProcesses:
+    """The live trial processes of a sweep, to pass a stop signal on to: once `stop(signum)` has been called, a trial
+    process that starts later gets the signal as soon as it is added."""
+
+    def __init__(self):
+        self._lock = threading.RLock()  # stop() runs in a signal handler
+        self._live: set = set()
+        self.signal: Optional[int] = None
+
+    def add(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._live.add(process)
+            if self.signal is not None:
+                _send_signal(process, self.signal)
+
+    def discard(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._live.discard(process)
+
+    def stop(self, signum: int) -> None:
+        """Pass `signum` to every trial process, now and to come (the first call only)."""
+        with self._lock:
+            if self.signal is not None:
+                return
+            self.signal = signum
+            for process in self._live:
+                _send_signal(process, signum)
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._live))
+
+
+def _send_signal(process: subprocess.Popen, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except ProcessLookupError:
+        pass  # it has just ended
+
+
+def run_trial_process(spec: dict[str, Any], *, log: Path, env: dict[str, str], report,
+                      processes: TrialProcesses) -> Outcome:
     """Start the trial process with `spec`, answer its evaluations with `report(evaluation, value, last) -> prune?`,
     wait for it and read its outcome. `processes` holds the live trial processes (for an interrupt)."""
     log.parent.mkdir(parents=True, exist_ok=True)

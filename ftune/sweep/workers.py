@@ -3,6 +3,10 @@
 sweep. After every trial, trials.jsonl and best.yaml are rewritten from the study and, with --keep best, the weights of
 the trials that are not the best are dropped — only after the new best has been told, so at every moment the best
 trial has its weights.
+
+A stop signal (SIGINT, SIGTERM, SIGUSR1: ftune.signals) that comes while the workers run is passed on to the running
+trials, which save a checkpoint and stop; each is put back (Optuna's WAITING state, its parameters kept) for `--resume`
+to continue it from that checkpoint, and the sweep exits with the signal's code.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ftune import console
-from ftune.errors import RunFailed, UsageError
+from ftune.errors import SIGNAL_EXIT_CODES, RunFailed, RunInterrupted, UsageError
+from ftune.folders import is_run_folder, last_complete_checkpoint
 from ftune.sweep import study as studies
 from ftune.sweep.report import (
     BEST_FILE,
@@ -28,9 +33,18 @@ from ftune.sweep.report import (
     write_trials,
 )
 from ftune.sweep.space import Param, describe
-from ftune.sweep.trials import drop_weights, log_file, run_trial_process, trial_environment, trial_folder
+from ftune.sweep.trials import (
+    TrialProcesses,
+    drop_weights,
+    log_file,
+    run_trial_process,
+    trial_environment,
+    trial_folder,
+)
 
-INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM)   # a trial stopped by Ctrl-C or a polite kill
+# A trial stopped by a signal: after saving a checkpoint (ftune's exit codes), or before it handled signals at all.
+INTERRUPTED_CODES = (*SIGNAL_EXIT_CODES.values(), -signal.SIGINT, -signal.SIGTERM, -signal.SIGUSR1)
+_SIGNALS_BY_EXIT_CODE = {code: getattr(signal, name) for name, code in SIGNAL_EXIT_CODES.items()}
 
 
 class Workers:
@@ -41,9 +55,10 @@ class Workers:
         self.stop = threading.Event()
         self.ask_lock = threading.Lock()      # one ask at a time in this process: no surplus trials here
         self.write_lock = threading.Lock()    # one writer of trials.jsonl, best.yaml and the weights
-        self.processes: set = set()
+        self.processes = TrialProcesses()
         self.failures = 0
         self.problem: Optional[BaseException] = None
+        self.interrupted: Optional[int] = None   # the signal that stopped a trial (the sweep then stops)
         self.started = time.monotonic()
 
     def load_study(self):
@@ -55,23 +70,29 @@ class Workers:
                                  pruner=studies.make_pruner(self.sweep.options.pruner))
 
     def run(self) -> None:
+        from ftune.signals import forwarding
+
         threads = [threading.Thread(target=self._work, args=(slot,), name=f"sweep-{slot}", daemon=True)
                    for slot in range(self.sweep.options.jobs)]
         for thread in threads:
             thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
-        except KeyboardInterrupt:
-            self.stop.set()
-            for process in list(self.processes):
-                process.send_signal(signal.SIGINT)  # a trial stops as an interrupted run does
+        # A stop signal is passed on to the trials, which stop as a training command does: a checkpoint, then their
+        # exit code (a repeat of a signal one got from the terminal too is ignored). Waiting for the workers is waiting
+        # for those checkpoints. The signal raises nothing here: an exception inside Thread.join can leave the thread
+        # marked as ended while it runs (CPython 3.11/3.12), and the sweep would not wait for it.
+        with forwarding(self._stop_trials) as forwarded:
             for thread in threads:
                 thread.join()
-            raise
+        if forwarded() is not None:
+            raise RunInterrupted(forwarded())
         if self.problem is not None:
             raise self.problem
+        if self.interrupted is not None:  # a trial was stopped by a signal of its own: the sweep stops as it did
+            raise RunInterrupted(self.interrupted)
+
+    def _stop_trials(self, signum: int) -> None:
+        self.stop.set()
+        self.processes.stop(signum)
 
     def _work(self, slot: int) -> None:
         try:
@@ -81,6 +102,9 @@ class Workers:
                 with self.ask_lock:
                     asked = self._next_trial(study)
                 if asked is None:
+                    return
+                if self.stop.is_set():  # the sweep stopped while this trial was being asked for: it waits, unrun
+                    studies.put_back(self.storage, self.sweep.study_name, asked[0].number)
                     return
                 self._run(study, *asked, env)
         except BaseException as exc:  # noqa: BLE001 — a worker's failure stops the sweep and is reported once
@@ -125,10 +149,13 @@ class Workers:
             return not last and trial.should_prune()  # a trial at its last evaluation has finished: not pruned
 
         try:
-            config = sweep.trial_config(params, output_dir=trial_folder(sweep.folder, trial.number))
-            console.info(f"trial {trial.number}: {describe(params)}")
+            folder = trial_folder(sweep.folder, trial.number)
+            config = sweep.trial_config(params, output_dir=folder)
+            # A trial a signal stopped continues from its checkpoint (its folder is there); a new one starts.
+            resume = is_run_folder(folder)
+            console.info(f"trial {trial.number}: {describe(params)}{' (continued)' if resume else ''}")
             spec = {"task": sweep.task.name, "config": config.to_dict(), "held_out": sweep.held_out,
-                    "metric": sweep.metric}
+                    "metric": sweep.metric, "resume": resume}
             outcome = run_trial_process(spec, log=log, env=env, report=report, processes=self.processes)
         except Exception as exc:  # the trial never ran to its end: it fails, with the reason, and the sweep stops
             with self.write_lock:
@@ -156,12 +183,12 @@ class Workers:
             return
         error = outcome.error or f"its process ended with exit code {outcome.returncode}"
         interrupted = outcome.returncode in INTERRUPTED_CODES or self.stop.is_set() and outcome.returncode < 0
-        if not interrupted:
-            trial.set_user_attr(studies.FAILURE_KEY, error)
-        study.tell(trial, state=TrialState.FAIL)
         if interrupted:
+            self._put_back(trial, outcome)
             self.stop.set()
             return
+        trial.set_user_attr(studies.FAILURE_KEY, error)
+        study.tell(trial, state=TrialState.FAIL)
         if outcome.returncode == UsageError.exit_code:
             self.problem = self.problem or UsageError(f"trial {number} ({describe(params)}): {error}")
             self.stop.set()
@@ -172,6 +199,19 @@ class Workers:
             self.problem = self.problem or RunFailed(f"{self.failures} trials failed, the last one: trial {number}: "
                                                      f"{error}; see {log}")
             self.stop.set()
+
+    def _put_back(self, trial, outcome) -> None:
+        """A trial stopped by a signal waits for --resume, which continues it from its last complete checkpoint."""
+        folder = trial_folder(self.sweep.folder, trial.number)
+        code = outcome.returncode
+        stopped_by = self.processes.signal or (-code if code < 0 else _SIGNALS_BY_EXIT_CODE.get(code, signal.SIGINT))
+        self.interrupted = self.interrupted or stopped_by
+        name = signal.Signals(stopped_by).name
+        trial.set_user_attr(studies.INTERRUPTED_KEY, name)
+        studies.put_back(self.storage, self.sweep.study_name, trial.number)
+        checkpoint = last_complete_checkpoint(folder)
+        console.info(f"trial {trial.number} stopped by {name}; --resume continues it from "
+                     f"{checkpoint.name if checkpoint else 'its start'}")
 
     def refresh(self, *, draw_picture: bool = False) -> None:
         """Rewrite trials.jsonl and best.yaml (and sweep.png) from the study."""
@@ -190,8 +230,11 @@ class Workers:
                                                              best.number, sweep.metric, best.value))
         rows = trial_rows(study.get_trials(deepcopy=False), sweep.folder, sweep.space)
         if sweep.options.keep == "best":
-            # Only after the new best has been told: at every moment the best trial has its weights.
+            # Only after the new best has been told: at every moment the best trial has its weights. An interrupted
+            # trial keeps its checkpoints: --resume continues from them.
             for row in rows:
+                if row["state"] == "interrupted":
+                    continue
                 if row["weights"] and (best is None or row["number"] != best.number):
                     drop_weights(trial_folder(sweep.folder, row["number"]))
                     row["weights"] = False
