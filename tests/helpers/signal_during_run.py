@@ -1,10 +1,10 @@
 """Run `python -m ftune ARGS` and send this process a signal at a chosen point, for the signal tests.
 
-    python tests/helpers/signal_during_run.py step SIGTERM 3 classify --data ...         # while step 3 trains
-    python tests/helpers/signal_during_run.py while-saving SIGTERM 3 classify ...        # and SIGINT as checkpoint-3
-                                                                                          # is about to be marked
-    python tests/helpers/signal_during_run.py before-training SIGUSR1 0 classify ...     # folder claimed, not training
-    python tests/helpers/signal_during_run.py kill-before-mark SIGKILL 4 classify ...    # checkpoint-4 written, unmarked
+    python tests/helpers/signal_during_run.py step SIGTERM 3 classify --data ...       # while step 3 trains
+    python tests/helpers/signal_during_run.py while-saving SIGTERM 3 classify ...      # and SIGINT just before
+                                                                                        # checkpoint-3 is marked
+    python tests/helpers/signal_during_run.py before-training SIGUSR1 0 classify ...   # folder claimed, not training
+    python tests/helpers/signal_during_run.py kill-before-mark SIGKILL 4 classify ...  # checkpoint-4 unmarked
 
 The signal is the real thing (os.kill(getpid(), SIGNAL)), delivered to the real CLI entry point; it is sent from
 inside the step (its forward and backward), so the step it lands in does not depend on the machine's speed.
