@@ -7,8 +7,11 @@ A scheduler that sends SIGTERM allows some seconds before it kills. While a trai
 - while the Trainer trains (`deferred`): only asks it to stop. `ftune.trainers.StopOnSignal` finishes the current
   optimizer step (every rank at the same step), writes a complete checkpoint, and the Trainer raises
   `RunInterrupted`;
-- at any other moment (loading data and the model, scoring): raises `RunInterrupted` at once. Nothing is being
-  trained, so there is nothing to save; the run folder's lock is released on the way out.
+- after training, while the trained model is scored and the run written: raises `RunInterrupted` at once, and
+  `ftune.train` saves a complete checkpoint of the trained state before the command ends (with several ranks, which
+  score together, the signal waits until the run is written);
+- at any other moment (loading data and the model): raises `RunInterrupted` at once. Nothing has been trained, so
+  there is nothing to save; the run folder's lock is released on the way out.
 
 `RunInterrupted` reaches the command's error boundary, which prints the one line naming `--resume` and exits with
 130, 143 or 138. Later signals are ignored: a terminal's Ctrl-C reaches every process of its group and launchers

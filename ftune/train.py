@@ -13,6 +13,7 @@ Only rank 0 writes files and prints; every rank computes the same split from the
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,8 @@ from typing import Any, Optional, Sequence
 from ftune import console
 from ftune import distributed as dist
 from ftune.config import TrainConfig
-from ftune.errors import UsageError
+from ftune import signals
+from ftune.errors import RunInterrupted, UsageError
 from ftune.hub import ensure_offline_if_unreachable
 from ftune.rundir import RunDir
 
@@ -215,7 +217,6 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Se
 def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepared, checkpoint, *,
            resume: bool, callbacks: Sequence[Any] = ()) -> None:
     from ftune.progress import report_end, report_start
-    from ftune.trainers import whole_run_train_loss
 
     started = time.time()
     main = dist.is_main_process()
@@ -232,7 +233,41 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
         console.info(f"resuming from {checkpoint.name}" if checkpoint else
                      "no complete checkpoint to resume from yet; starting the run from the beginning")
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with _stop_after_training(trainer, world):
+        evaluation, train_metrics = _score_and_write(task, config, run, target, trainer, prepared, train_output,
+                                                     started, effective, world)
+    with signals.deferred():  # the run is finished on disk: a stop signal now has nothing left to save
+        if main:
+            run.write_train_results(train_metrics)  # last: marks the run finished
+        report_end(target, evaluation, len(split.eval), train_metrics)
 
+
+@contextlib.contextmanager
+def _stop_after_training(trainer, world: int):
+    """The trained model is scored and its files written. A stop signal meanwhile (ftune.signals) saves a complete
+    checkpoint of the trained state before the command ends, so `--resume` scores and writes without training again;
+    with several ranks, which score together, the signal waits until the run is written."""
+    if world > 1:
+        with signals.deferred():
+            yield
+        return
+    try:
+        yield
+    except RunInterrupted as stop:
+        trainer._save_checkpoint(trainer.model, trial=None)  # as the Trainer saves one; CheckpointMarker marks it
+        trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)
+        step = trainer.state.global_step
+        raise RunInterrupted(stop.signum, where=f" after training, at step {step}",
+                             resume_from=f"checkpoint-{step}") from None
+
+
+def _score_and_write(task, config: TrainConfig, run: RunDir, target: Path, trainer, prepared: Prepared,
+                     train_output, started: float, effective: int, world: int):
+    """The final scoring, the model, results, state, pictures and model card (all but train_results.json)."""
+    from ftune.trainers import whole_run_train_loss
+
+    main = dist.is_main_process()
+    split, state = prepared.split, prepared.state
     task.restore_for_scoring(prepared.model)  # scored and saved as `ftune eval` loads it
     trainer.save_model(str(run.path))
     evaluation = score_held_out(task, config, trainer, prepared)
@@ -253,8 +288,7 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
                                        *task_pictures(task, config, state, evaluation)])
         run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics, pictures))
         run.remove_checkpoints()
-        run.write_train_results(train_metrics)  # last: marks the run finished
-    report_end(target, evaluation, len(split.eval), train_metrics)
+    return evaluation, train_metrics
 
 
 def score_held_out(task, config: TrainConfig, trainer, prepared: Prepared):

@@ -94,6 +94,21 @@ def test_a_signal_saves_a_checkpoint_at_its_step_and_resume_gives_the_uninterrup
     assert_resumes_to(command, run, f"checkpoint-{step}", reference)
 
 
+def test_a_signal_while_the_trained_model_is_scored_saves_the_trained_state(setup, tiny_bert, tmp_path):
+    """Training is over and the run not yet written: the trained state is saved as a complete checkpoint of the last
+    step, and --resume scores and writes the run without training again."""
+    data, reference = setup
+    run = tmp_path / "run"
+    command = ["classify", "--model", tiny_bert, "--data", data, "--output-dir", run, *ARGS]
+    result = signalled("while-scoring", "SIGTERM", 0, *command)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert resume_lines(result.stderr) == ["error: stopped by SIGTERM after training, at step 6; rerun the same "
+                                           "command with --resume to continue from checkpoint-6"], result.stderr
+    assert not (run / ".ftune.lock").exists() and not (run / "train_results.json").exists()
+    assert last_complete_checkpoint(run).name == "checkpoint-6"
+    assert_resumes_to(command, run, "checkpoint-6", reference)
+
+
 def test_a_signal_at_an_epochs_end_saves_after_the_epochs_evaluation(tiny_bert, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", sentiment_rows(64))
     args = ["--epochs", "2", "--checkpoint-minutes", "0", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32",

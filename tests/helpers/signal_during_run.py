@@ -5,6 +5,7 @@
                                                                                         # checkpoint-3 is marked
     python tests/helpers/signal_during_run.py before-training SIGUSR1 0 classify ...   # folder claimed, not training
     python tests/helpers/signal_during_run.py kill-before-mark SIGKILL 4 classify ...  # checkpoint-4 unmarked
+    python tests/helpers/signal_during_run.py while-scoring SIGTERM 0 classify ...     # trained, being scored
 
 The signal is the real thing (os.kill(getpid(), SIGNAL)), delivered to the real CLI entry point; it is sent from
 inside the step (its forward and backward), so the step it lands in does not depend on the machine's speed.
@@ -61,6 +62,14 @@ def main() -> None:
             return original_build(*args, **kwargs)
 
         ftune.train.build_trainer = build_trainer
+    elif where == "while-scoring":  # training is over; the trained model is being scored
+        original_score = ftune.train.score_held_out
+
+        def score_held_out(*args, **kwargs):
+            send(name)
+            return original_score(*args, **kwargs)
+
+        ftune.train.score_held_out = score_held_out
     else:
         raise SystemExit(f"unknown signal point {where}")
     runpy.run_module("ftune", run_name="__main__")
