@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -368,6 +369,62 @@ def mark_output(path: Path, kind: str, **fields) -> None:
     location = resolved(Path(path))
     make_folder(location, Path(path), "--output-dir")
     _write_marker(location, OUTPUT_MARKER, kind=kind, **fields)
+
+
+class SharedOutput:
+    """An output folder several commands may work in together (a sweep's: processes joining one study), claimed for
+    a new piece of work by creating its marker exclusively. `undo` removes only the files this process wrote that
+    are still the ones it wrote (each file is written whole under a name of its own and renamed in, so another
+    process's later version is another file), then the folder when this process created it and it is left empty."""
+
+    def __init__(self, path: Path, named: Path):
+        self.path, self.named = resolved(Path(path)), Path(path)
+        self.created = make_folder(self.path, self.named, "--output-dir")
+        self._written: dict[Path, tuple[int, int]] = {}
+
+    def mark_new(self, kind: str, **fields) -> None:
+        """Create the marker, or raise UsageError when another process marked the folder since it was planned."""
+        from ftune import __version__
+
+        body = {"ftune": __version__, "created": datetime.now().isoformat(timespec="seconds"), "kind": kind, **fields}
+        if not self.write(OUTPUT_MARKER, json.dumps(body) + "\n", replace=False):
+            self.undo()
+            raise UsageError(f"{self.named} was claimed by another ftune {kind} while this one started; pass --resume "
+                             "to join it, or choose another --output-dir")
+
+    def write(self, name: str, text: str, *, replace: bool = True) -> bool:
+        """Write `name` whole; without `replace`, only when no file of that name is there (False otherwise)."""
+        target = self.path / name
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            if replace:
+                os.replace(tmp, target)
+            else:
+                try:
+                    os.link(tmp, target)  # exclusive: fails when the name exists
+                except FileExistsError:
+                    return False
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        status = os.stat(target, follow_symlinks=False)
+        self._written[target] = (status.st_dev, status.st_ino)
+        return True
+
+    def undo(self) -> None:
+        for target, identity in self._written.items():
+            try:
+                status = os.stat(target, follow_symlinks=False)
+            except OSError:
+                continue
+            if (status.st_dev, status.st_ino) == identity:
+                target.unlink()
+        self._written.clear()
+        if self.created:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)  # only when empty: another process may be working in it
 
 
 def build_output(target: Path, kind: str, **fields) -> Claim:

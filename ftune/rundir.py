@@ -47,7 +47,7 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
         tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(_dump_json(data) + "\n")
+        tmp.write_text(dumped_json(data) + "\n")
         tmp.replace(target)  # atomic: a reader never sees half a file
         return target
 
@@ -130,7 +130,7 @@ def write_jsonl(target: Path, rows: Iterable[dict]) -> None:
     tmp.replace(target)
 
 
-def _dump_json(data: Any) -> str:
+def dumped_json(data: Any) -> str:
     """Indented JSON, except that lists of numbers stay on one line (split.json's row indices)."""
     text = json.dumps(data, indent=2, default=_json_default)
     return re.sub(r"\[\s*([-\d.,\s]+?)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",

@@ -410,3 +410,36 @@ def test_resume_into_a_folder_without_a_run_starts_one(folder, tiny_bert, data, 
     assert "--resume" in result.stderr and "starting a new run" in result.stderr, result
     assert_finished_run(target)
     assert json.loads((target / "train_results.json").read_text())["train_samples"] > 0
+
+
+def test_a_sweep_folder_is_claimed_once_and_undone_only_for_what_each_process_wrote(tmp_path):
+    """Sweeps share their folder on purpose (processes joining one study), so a new sweep claims it by creating the
+    marker exclusively, and a refused or failed one removes only the files it wrote that are still its own."""
+    from ftune.errors import UsageError
+    from ftune.folders import OUTPUT_MARKER, SharedOutput
+
+    folder = tmp_path / "sweep"
+    first = SharedOutput(folder, folder)
+    first.mark_new("sweep", task="classify")
+    assert first.write("split.json", "first\n", replace=False)
+    first.write("sweep.yaml", "first\n")
+    before = tree_digest(folder)
+
+    second = SharedOutput(folder, folder)  # planned the folder as new before the first one marked it
+    with pytest.raises(UsageError, match="claimed by another ftune sweep"):
+        second.mark_new("sweep", task="classify")
+    assert tree_digest(folder) == before
+
+    joining = SharedOutput(folder, folder)  # --resume: joins, keeps the recorded split, rewrites the recipe
+    assert not joining.write("split.json", "joining\n", replace=False)
+    joining.write("sweep.yaml", "joining\n")
+    first.undo()  # the first sweep failed after the other joined: its marker and split go, the joiner's recipe stays
+    assert sorted(p.name for p in folder.iterdir()) == ["sweep.yaml"]
+    assert (folder / "sweep.yaml").read_text() == "joining\n" and not (folder / OUTPUT_MARKER).exists()
+
+    alone = tmp_path / "alone"
+    claim = SharedOutput(alone, alone)
+    claim.mark_new("sweep", task="classify")
+    claim.write("split.json", "x\n")
+    claim.undo()
+    assert not alone.exists()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,7 +97,7 @@ def run_sweep(task, config: TrainConfig, options: SweepOptions, *, resume: bool 
         raise UsageError(f"--jobs {options.jobs} but {len(gpus)} GPU(s): a trial runs on a GPU of its own; pass --jobs "
                          f"{len(gpus)} or less")
 
-    created = claim_sweep_folder(sweep, continuing)
+    claim = claim_sweep_folder(sweep, continuing)
     try:
         storage = storage or studies.open_storage(sweep.storage_url)
         if study is None:
@@ -107,7 +106,7 @@ def run_sweep(task, config: TrainConfig, options: SweepOptions, *, resume: bool 
                 check_study(sweep, study, resume)
     except UsageError:
         if not continuing:
-            unclaim(sweep.folder, created)
+            claim.undo()
         raise
     recover_orphans(study)
     if sweep.grid:
@@ -246,28 +245,19 @@ def check_recorded_split(sweep: Sweep) -> None:
 # The sweep folder and the study
 
 
-def claim_sweep_folder(sweep: Sweep, continuing: bool) -> bool:
-    """Make the folder the sweep's (marker, split.json, sweep.yaml); True when this command created it."""
-    from ftune.folders import mark_output
-    from ftune.rundir import RunDir
+def claim_sweep_folder(sweep: Sweep, continuing: bool):
+    """Make the folder the sweep's (marker, split.json, sweep.yaml). A new sweep creates the marker exclusively: of
+    two sweeps started into one new folder, the second is refused having changed nothing. Returns the claim, whose
+    `undo` removes only what this command wrote."""
+    from ftune.folders import SharedOutput
+    from ftune.rundir import dumped_json
 
-    created = not sweep.folder.exists()
+    claim = SharedOutput(sweep.folder, sweep.folder)
     if not continuing:
-        mark_output(sweep.folder, SWEEP_KIND, task=sweep.task.name)
-    run = RunDir(sweep.folder)
-    if not (sweep.folder / SPLIT_FILE).is_file():
-        run.write_json(SPLIT_FILE, sweep.held_out)
-    run.write_text(RECIPE_FILE, recipe_text(sweep))
-    return created
-
-
-def unclaim(folder: Path, created: bool) -> None:
-    """Undo `claim_sweep_folder` of a new sweep: the folder was new or empty, so all it holds is this command's."""
-    if created:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    for entry in folder.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        claim.mark_new(SWEEP_KIND, task=sweep.task.name)
+    claim.write(SPLIT_FILE, dumped_json(sweep.held_out) + "\n", replace=False)  # the first sweep's record stays
+    claim.write(RECIPE_FILE, recipe_text(sweep))
+    return claim
 
 
 def recipe_text(sweep: Sweep) -> str:
