@@ -264,8 +264,8 @@ def test_regression_run_model_and_split(regression):
     state = read_json(run / "trainer_state.json")
     evaluated = [entry["eval_mse"] for entry in state["log_history"] if "eval_mse" in entry]
     assert len(evaluated) == 8 and state["best_metric"] == pytest.approx(min(evaluated))
-    # (The evaluations during training run with the training-only layer and attention (ftune.first_token,
-    # ftune.precision), the final scoring with the model's own: the same figure to float rounding.)
+    # (The evaluations during training run with the training-only first-token layer and eager attention, the final
+    # scoring with the model's own layer and attention: the same figure to float rounding.)
     assert read_json(run / "eval_results.json")["eval_mse"] == pytest.approx(min(evaluated), rel=1e-4)
 
 
