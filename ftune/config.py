@@ -7,8 +7,9 @@ lists them side by side. A value is resolved from four layers, lowest first:
 
     the defaults  <  --config FILE.yaml  <  flags given on the command line  <  --set key=value
 
-Unknown keys and invalid values are errors; every problem is reported at once, in one line.
-This module imports no torch, so the CLI can build its options from it cheaply.
+(An environment variable may set an option's default for the training commands, ENVIRONMENT_DEFAULTS: a layer just
+above the defaults, never silent.) Unknown keys and invalid values are errors; every problem is reported at once,
+in one line. This module imports no torch, so the CLI can build its options from it cheaply.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +131,10 @@ class TrainConfig:
                            panel="Hardware")
     load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit NF4 (needs --lora, a CUDA GPU and "
                                        "pip install 'ftune[qlora]').", panel="Hardware")
+    cpu_speedups: bool = option(True, "Training on a CPU: ftune's dropout (masks drawn in parallel: other masks than "
+                                      "PyTorch's), eager attention and the first-token last layer for encoders, kept "
+                                      "freed memory; --no-cpu-speedups trains with PyTorch's own, to debug or "
+                                      "compare (FTUNE_CPU_SPEEDUPS=0 makes that the default).", panel="Hardware")
 
     # The task's option group; flat in flags, YAML and ftune.yaml (see `to_dict`).
     task_options: TaskOptions = field(default_factory=TaskOptions, metadata={"section": True})
@@ -194,6 +200,32 @@ def default_of(options_class: type[TaskOptions], name: str) -> Any:
         return options_class.defaults[name]
     f = {f.name: f for f, _ in config_fields(options_class)}[name]
     return f.default
+
+
+# Options whose default an environment variable may set, for the training commands: a layer just above the built-in
+# defaults (so a run's ftune.yaml on --resume, --config, flags and --set win over it); the commands say when it does.
+ENVIRONMENT_DEFAULTS = {"cpu_speedups": "FTUNE_CPU_SPEEDUPS"}
+
+
+def environment_layers(options_class: type[TaskOptions]) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The layers the environment sets (ENVIRONMENT_DEFAULTS), and a note for each default it changes."""
+    fields_by_name = {f.name: (f, tp) for f, tp in config_fields(options_class)}
+    layers, notes = [], []
+    for name, variable in ENVIRONMENT_DEFAULTS.items():
+        raw = os.environ.get(variable, "").strip()
+        if not raw:
+            continue
+        layers.append((variable, {name: raw}))
+        f, tp = fields_by_name[name]
+        try:
+            value = coerce(raw, tp, f.metadata)
+        except ValueError:
+            continue  # resolve_config reports it, naming the variable
+        if value != default_of(options_class, name):
+            flag = _flag(name) if value is not False else "--no-" + name.replace("_", "-")
+            shown = flag if isinstance(value, bool) else f"{flag} {value}"
+            notes.append(f"{variable}={raw} in the environment: {shown} is the default")
+    return layers, notes
 
 
 def resolve_config(options_class: type[TaskOptions], *, layers: list[tuple[str, dict[str, Any]]]) -> TrainConfig:

@@ -24,35 +24,8 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
-TRAINING_ATTENTION = "_ftune_attention_after_training"
-
-
-def use_training_attention(model) -> None:
-    """Train on a CPU with eager attention: its dropout is ftune's (ftune.dropout), not one drawn inside PyTorch's
-    fused attention. Measured on MiniLM-L6, batch 16, two cores, a training step against PyTorch's fused attention:
-    bf16 (AMX) 16% faster at 128 tokens and 6% at 32; fp32 9% faster at 128 tokens and 3% at 40.
-    `restore_attention` puts the model's own implementation back before it is scored and saved, so the figures
-    are those `ftune eval` computes."""
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    own = model.config._attn_implementation
-    if own != "eager":
-        setattr(model, TRAINING_ATTENTION, own)
-        model.set_attn_implementation("eager")
-
-
-def restore_attention(model) -> None:
-    """Undo `use_training_attention` (on the model or the peft model around it)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    own = base.__dict__.pop(TRAINING_ATTENTION, None)
-    if own is not None:
-        base.set_attn_implementation(own)
-
-
 def cpu_has_bf16_matrix_units() -> bool:
-    """Intel AMX tiles: bf16 matrix products there run about twice as fast as fp32 (measured: bench/)."""
+    """Intel AMX tiles: bf16 matrix products there run much faster than fp32 (measured: docs/speed.md)."""
     import torch
 
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)

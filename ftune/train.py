@@ -216,6 +216,7 @@ def _train_in(plan, task, config: TrainConfig, prepared: Prepared, callbacks: Se
 
 def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepared, checkpoint, *,
            resume: bool, callbacks: Sequence[Any] = ()) -> None:
+    from ftune.cpu import cpu_speedups
     from ftune.progress import report_end, report_start
 
     started = time.time()
@@ -232,7 +233,10 @@ def _train(task, config: TrainConfig, run: RunDir, target: Path, prepared: Prepa
     if resume:
         console.info(f"resuming from {checkpoint.name}" if checkpoint else
                      "no complete checkpoint to resume from yet; starting the run from the beginning")
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    # The CPU speed-ups that fit the model (ftune.cpu) apply while it trains and are undone before it is scored and
+    # saved, so the final figures are those `ftune eval` computes with the model as saved.
+    with cpu_speedups(trainer, enabled=config.cpu_speedups):
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     with _stop_after_training(trainer, world):
         evaluation, train_metrics = _score_and_write(task, config, run, target, trainer, prepared, train_output,
                                                      started, effective, world)
@@ -268,7 +272,6 @@ def _score_and_write(task, config: TrainConfig, run: RunDir, target: Path, train
 
     main = dist.is_main_process()
     split, state = prepared.split, prepared.state
-    task.restore_for_scoring(prepared.model)  # scored and saved as `ftune eval` loads it
     trainer.save_model(str(run.path))
     evaluation = score_held_out(task, config, trainer, prepared)
     train_metrics = None

@@ -9,7 +9,6 @@ by position, so evaluation must keep the rows in order. Every task's Trainer cla
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -71,8 +70,7 @@ class FtuneTrainer(Trainer):
         return SequentialSampler(eval_dataset)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        with self._dropout():
-            loss = super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             # The weights are already being pushed where no later step recovers from: stop now, keep checkpoints.
             step = self.state.global_step + 1
@@ -82,15 +80,6 @@ class FtuneTrainer(Trainer):
                             f"{' or train in --precision fp32' if precision != 'fp32' else ''}; the run's "
                             "complete checkpoints are kept")
         return loss
-
-    def _dropout(self):
-        """ftune's CPU dropout (ftune.dropout) while training on a CPU; PyTorch's where a compiled graph or
-        recomputed activations (which would redraw masks outside this scope) could not use it."""
-        from ftune.dropout import cpu_dropout
-
-        if self.args.device.type != "cpu" or self.args.torch_compile or self.args.activation_checkpointing:
-            return contextlib.nullcontext()
-        return cpu_dropout()
 
 
 class CheckpointMarker(TrainerCallback):

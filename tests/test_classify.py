@@ -300,18 +300,17 @@ def test_eval_on_other_data_never_replaces_the_recorded_results(full_run, ftune,
 
 def test_trained_with_the_first_token_layer_and_scored_with_the_models_own(tiny_bert, sentiment_file, tmp_path,
                                                                             monkeypatch):
-    """On a CPU the last layer trains at the first token only (ftune.first_token) and attention is eager
-    (ftune.precision); the final scoring and the saved model use the model's own layer and attention, as
-    `ftune eval` loads it."""
+    """On a CPU the last layer trains at the first token only and attention is eager (ftune.cpu); the final scoring
+    and the saved model use the model's own layer and attention, as `ftune eval` loads it."""
     import torch
 
-    import ftune.first_token
+    import ftune.cpu.first_token
     import ftune.train
 
     if torch.cuda.is_available():
         pytest.skip("the first-token layer is applied on CPUs only")
     patched, own_when_scored = [], []
-    first_token = ftune.first_token.first_token_last_layer
+    first_token = ftune.cpu.first_token.first_token_last_layer
     score = ftune.train.score_held_out
 
     def recording_first_token(model):
@@ -323,7 +322,7 @@ def test_trained_with_the_first_token_layer_and_scored_with_the_models_own(tiny_
                                 prepared.model.config._attn_implementation))
         return score(task, config, trainer, prepared)
 
-    monkeypatch.setattr(ftune.first_token, "first_token_last_layer", recording_first_token)
+    monkeypatch.setattr(ftune.cpu.first_token, "first_token_last_layer", recording_first_token)
     monkeypatch.setattr(ftune.train, "score_held_out", recording_score)
     result = invoke("classify", "--model", tiny_bert, "--data", sentiment_file, "--output-dir", tmp_path / "run",
                     *FAST)

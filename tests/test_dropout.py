@@ -1,4 +1,4 @@
-"""ftune's CPU dropout (ftune.dropout) is dropout as PyTorch defines it: rate, scale, gradient, reproducibility."""
+"""ftune's CPU dropout (ftune.cpu.dropout) is dropout as PyTorch defines it: rate, scale, gradient, reproducibility."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftune.dropout import BLOCK, cpu_dropout, scaled_mask
+from ftune.cpu.dropout import BLOCK, cpu_dropout, scaled_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

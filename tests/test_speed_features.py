@@ -150,7 +150,7 @@ def test_first_token_last_layer_gives_the_whole_layers_logits_loss_and_gradients
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from ftune.first_token import first_token_last_layer, restore_last_layer
+    from ftune.cpu.first_token import first_token_last_layer, restore_last_layer
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
@@ -188,7 +188,7 @@ def test_first_token_last_layer_serves_every_family_it_names(model_type):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from ftune.first_token import first_token_last_layer
+    from ftune.cpu.first_token import first_token_last_layer
 
     extra = {"embedding_size": 16} if model_type == "electra" else {}
     config = AutoConfig.for_model(model_type, vocab_size=120, hidden_size=32, num_hidden_layers=2,
@@ -209,7 +209,7 @@ def test_first_token_last_layer_serves_every_family_it_names(model_type):
 def test_first_token_last_layer_leaves_other_classifiers_alone(tiny_gpt2):
     from transformers import AutoModelForSequenceClassification
 
-    from ftune.first_token import first_token_last_layer
+    from ftune.cpu.first_token import first_token_last_layer
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_gpt2), num_labels=2)
     assert not first_token_last_layer(model)  # GPT-2 reads the last token
@@ -219,7 +219,7 @@ FAULTS_OF_REPEATED_ALLOCATIONS = """
 import resource, sys
 import numpy as np
 if sys.argv[1] == "keep":
-    from ftune.memory import keep_freed_memory
+    from ftune.cpu.memory import keep_freed_memory
     assert keep_freed_memory()
 np.ones(16 << 20, dtype=np.float32)  # 64 MiB, allocated, touched and freed once before counting
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

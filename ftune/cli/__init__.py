@@ -6,7 +6,7 @@ console script and turns the parser's own usage errors into the same one `error:
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import sys
 from typing import Annotated, Optional, Sequence
 
@@ -20,7 +20,7 @@ from ftune.cli.run_commands import eval_command, make_predict_command, merge_com
 from ftune.cli.runs import push_command, runs_command
 from ftune.cli.sweep import make_sweep_app
 from ftune.cli.train_commands import make_train_command
-from ftune.memory import keep_freed_memory
+from ftune.cpu import process_speedups
 from ftune.tasks import all_tasks
 
 app = typer.Typer(
@@ -70,28 +70,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """The `ftune` console script: run the command, exit with its code (0 ok, 2 bad input, 1 failure)."""
     args = list(sys.argv[1:] if argv is None else argv)
     set_debug("--debug" in args)
-    if argv is None:
-        # A whole process. Importing torch, transformers and datasets leaves ~435,000 objects; at Python's default
-        # threshold (a collection every 700 new objects) that is ~1,000 collections on the way, ~100 of them over
-        # the older generations too. Every 20,000 new objects frees cycles promptly all the same.
-        gc.set_threshold(20_000, *gc.get_threshold()[1:])
-        keep_freed_memory()  # training steps reuse freed memory instead of faulting in fresh pages (ftune.memory)
-    try:
-        code = app(args=args, prog_name="ftune", standalone_mode=False)
-    except typer.TyperException as exc:  # the parser's usage errors: unknown option, bad value ...
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            exc.show()  # `ftune` alone, or a command group without its command: the help page
-            sys.exit(0)
-        context = getattr(exc, "ctx", None)
-        where = f"; see '{context.command_path} --help'" if context is not None else ""
-        message = " ".join(exc.format_message().split())
-        console.error(f"{message[0].lower()}{message[1:]}{where}" if message else f"bad usage{where}")
-        sys.exit(getattr(exc, "exit_code", 2) or 2)
-    except typer.Abort:
-        console.error("aborted")
-        sys.exit(1)
-    if argv is None:
-        # The process ends here: everything it wrote is closed. Python's last garbage collection would walk every
-        # object torch and transformers made (about a second after a run) only to free memory the exit frees.
-        gc.freeze()
+    # A whole process (not a call from Python): the CPU door's process-wide settings (ftune.cpu).
+    with process_speedups(args) if argv is None else contextlib.nullcontext():
+        try:
+            code = app(args=args, prog_name="ftune", standalone_mode=False)
+        except typer.TyperException as exc:  # the parser's usage errors: unknown option, bad value ...
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # `ftune` alone, or a command group without its command: the help page
+                sys.exit(0)
+            context = getattr(exc, "ctx", None)
+            where = f"; see '{context.command_path} --help'" if context is not None else ""
+            message = " ".join(exc.format_message().split())
+            console.error(f"{message[0].lower()}{message[1:]}{where}" if message else f"bad usage{where}")
+            sys.exit(getattr(exc, "exit_code", 2) or 2)
+        except typer.Abort:
+            console.error("aborted")
+            sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -44,6 +44,17 @@ LogFormatOption = Annotated[LogFormat, typer.Option(
 INTERRUPTED = 130
 
 
+def environment_defaults(options_class) -> list:
+    """The configuration layers the environment sets (ftune.config.ENVIRONMENT_DEFAULTS), lowest of all; a note
+    says which default each one changes."""
+    from ftune.config import environment_layers
+
+    layers, notes = environment_layers(options_class)
+    for text in notes:
+        console.note(text)
+    return layers
+
+
 def guarded(command, *, stops_on_signals: bool = False):
     """The command, with its failures reported as one `error:` line and ftune's exit codes. `stops_on_signals`: a
     command that trains, which SIGINT, SIGTERM and SIGUSR1 stop after a checkpoint (ftune.signals)."""

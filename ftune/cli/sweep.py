@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftune.cli.common import guarded
+from ftune.cli.common import environment_defaults, guarded
 from ftune.cli.train_commands import config_parameters
 from ftune.config import SWEEP_KEY, parse_set_options, read_yaml_layer, resolve_config
 from ftune.sweep.options import resolve_sweep_options, saved_sweep_layers, sweep_fields
@@ -87,7 +87,7 @@ def make_sweep_command(task):
         if control["resume"]:
             saved, saved_sweep = _saved_layers(layers, task.name)
             layers, sweep_layers = saved + layers, saved_sweep + sweep_layers
-        config = resolve_config(task.options_class, layers=layers)
+        config = resolve_config(task.options_class, layers=environment_defaults(task.options_class) + layers)
         options = resolve_sweep_options(sweep_layers)
         from ftune.sweep.runner import run_sweep
 

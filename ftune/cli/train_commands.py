@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftune.cli.common import LogFormat
+from ftune.cli.common import LogFormat, environment_defaults
 from ftune.config import config_fields, default_of, parse_set_options, read_yaml_layer, resolve_config
 from ftune.errors import UsageError
 
@@ -91,7 +91,7 @@ def make_train_command(task):
         layers.append(("--set", parse_set_options(control["set_"] or [])))
         if control["resume"]:
             layers = _saved_config_layer(layers, control["overwrite"]) + layers
-        config = resolve_config(task.options_class, layers=layers)
+        config = resolve_config(task.options_class, layers=environment_defaults(task.options_class) + layers)
         hub_target = None
         if control["push_to_hub"]:
             from ftune.push import hub_target_for

@@ -189,7 +189,10 @@ def plan_sweep_folder(folder: Path, resume: bool) -> bool:
 def check_study(sweep: Sweep, study, resume: bool) -> None:
     """Refuse a study made by another command, or one with trials of dead processes of this machine without
     --resume."""
-    differs = studies.study_differences(study, sweep.meta())
+    from ftune.config import default_of
+
+    differs = studies.study_differences(study, sweep.meta(),
+                                        lambda key: default_of(sweep.task.options_class, key))
     if differs:
         raise UsageError(f"{'--resume would continue' if resume else 'this command would join'} the sweep "
                          f"'{sweep.study_name}' with a different command: {'; '.join(differs)}; rerun with the "

@@ -114,8 +114,9 @@ def create_study(storage, name: str, direction: str, meta: dict[str, Any]):
     return study, True
 
 
-def study_differences(study, meta: dict[str, Any]) -> list[str]:
-    """What differs between the sweep `study` records and this command's `meta`; [] when they match."""
+def study_differences(study, meta: dict[str, Any], default_of=None) -> list[str]:
+    """What differs between the sweep `study` records and this command's `meta`; [] when they match. An option added
+    to ftune after the study was made is absent from its record: the sweep had its default (`default_of(key)`)."""
     recorded = study.user_attrs.get(META_KEY)
     if recorded is None:
         return ["the study was not made by ftune sweep"]
@@ -130,6 +131,8 @@ def study_differences(study, meta: dict[str, Any]) -> list[str]:
                            f"{new.get(key, 'not searched')})")
     searched = {key.replace("-", "_") for key in [*recorded.get("params", {}), *meta["params"]]}
     old, new = recorded.get("options", {}), meta["options"]
+    if default_of is not None:
+        old = {**{key: default_of(key) for key in new.keys() - old.keys()}, **old}
     for key in dict.fromkeys([*old, *new]):
         if key not in searched and old.get(key) != new.get(key):
             differs.append(f"{key} (sweep: {old.get(key)!r}, now: {new.get(key)!r})")

@@ -77,7 +77,6 @@ class Task:
     reported_metrics: tuple[str, ...] = ()  # what `metrics` reports (without "eval_"), e.g. for `ftune sweep --metric`
     generates_text: bool = False        # `ftune generate` serves its runs
     metric_module: Optional[str] = None  # the ftune.metrics module `metrics` scores with, if any
-    eager_attention_on_cpu: bool = False  # training on CPU is faster with eager attention (encoders; bench/)
     predict_inputs: tuple[PredictInput, ...] = ()
     predict_settings: tuple[PredictSetting, ...] = ()
 
@@ -148,20 +147,10 @@ class Task:
                              f"takes; pass --max-length {min(limits)} or less")
 
     def load_model(self, config: TrainConfig, tokenizer, state: dict[str, Any]):
-        from ftune.precision import quantization_kwargs, use_training_attention
+        from ftune.precision import quantization_kwargs
 
-        model = self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
-                                                     **quantization_kwargs(config))
-        if self.eager_attention_on_cpu:
-            use_training_attention(model)
-        return model
-
-    def restore_for_scoring(self, model) -> None:
-        """Undo what `load_model` changed for training only, before the model is scored and saved, so the final
-        figures are those `ftune eval` computes with the model as saved."""
-        from ftune.precision import restore_attention
-
-        restore_attention(model)
+        return self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
+                                                    **quantization_kwargs(config))
 
     # ---- features and training --------------------------------------------------------------------
     def features(self, config: TrainConfig, tokenizer, rows, state: dict[str, Any], *, purpose: str):

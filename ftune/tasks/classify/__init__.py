@@ -98,7 +98,6 @@ class ClassifyTask(Task):
     model_class = "AutoModelForSequenceClassification"
     peft_model_class = "AutoPeftModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
-    eager_attention_on_cpu = True
     main_metric = "f1"
     predict_inputs = (PredictInput("texts", "--text", "Input text (repeatable)."),
                       PredictInput("text_pairs", "--text-pair", "Second text of a pair, one per --text."))
@@ -150,22 +149,6 @@ class ClassifyTask(Task):
     # ---- model ------------------------------------------------------------------------------------
     def base_model_kwargs(self, state):
         return problem_of(state).model_kwargs(state)
-
-    def load_model(self, config, tokenizer, state):
-        import torch
-
-        from ftune.first_token import first_token_last_layer
-
-        model = super().load_model(config, tokenizer, state)
-        if not torch.cuda.is_available():  # measured on CPUs (ftune.first_token)
-            first_token_last_layer(model)
-        return model
-
-    def restore_for_scoring(self, model):
-        from ftune.first_token import restore_last_layer
-
-        super().restore_for_scoring(model)
-        restore_last_layer(model)
 
     def trainer_class(self):
         from ftune.tasks.classify.trainer import ClassifyTrainer

@@ -56,7 +56,6 @@ class NerTask(Task):
     model_class = "AutoModelForTokenClassification"
     peft_model_class = "AutoPeftModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"  # peft then also trains and saves the classifier head
-    eager_attention_on_cpu = True
     main_metric = "f1"
     metric_module = "seqeval_ner"
     reported_metrics = ("precision", "recall", "f1", "accuracy")

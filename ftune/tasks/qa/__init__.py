@@ -48,7 +48,6 @@ class QATask(Task):
     model_class = "AutoModelForQuestionAnswering"
     peft_model_class = "AutoPeftModelForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"  # peft then also trains and saves the qa_outputs head
-    eager_attention_on_cpu = True
     main_metric = "f1"
     metric_module = "squad"
     reported_metrics = ("exact_match", "f1")

@@ -1,8 +1,7 @@
 """Dropout for training on CPUs: the same distribution as PyTorch's, at a fraction of the cost.
 
-On a CPU, PyTorch draws a dropout mask one random number at a time on one thread. Measured on MiniLM-L6
-(batch 16, bf16, two cores) that is 45% of a training step at 128 tokens (420 ms a step with dropout, 243 ms
-without): attention dropout alone masks batch x heads x tokens x tokens values per layer.
+On a CPU, PyTorch draws a dropout mask one random number at a time on one thread, a large share of a training
+step (docs/speed.md): attention dropout alone masks batch x heads x tokens x tokens values per layer.
 
 `cpu_dropout()` is a scope in which `torch.nn.functional.dropout` (what `nn.Dropout` and the attention functions
 call) on a CPU tensor draws its mask from NumPy's SFC64 generator in blocks spread over PyTorch's threads. The

@@ -5,11 +5,11 @@ output at the first token ([CLS] / <s>). The last layer's output at every other 
 away. `first_token_last_layer(model)` makes that layer compute its attention queries, attention output and
 feed-forward for the first token only; its keys and values still come from every token, so the first token's
 vector, the logits, the loss and every gradient are what the whole layer gives (to float rounding: 2e-8 on
-MiniLM-L6 logits). Measured on MiniLM-L6 (6 layers, fp32, batch 16, two CPU cores): a training step 7-10%
-faster at 40 tokens, 20% at 128; the layer's share is 1 / layers, so a 12-layer model gains about half that.
+MiniLM-L6 logits). The work saved is most of one layer in `layers` (docs/speed.md has the measurements).
 
 `restore_last_layer(model)` puts the layer's own forward back before the model is scored and saved, so the
-final figures are those `ftune eval` computes with the model as saved.
+final figures are those `ftune eval` computes with the model as saved. `first_token_last_layer` checks for
+itself which models it fits; `ftune.cpu.cpu_speedups` applies it while a model trains on a CPU.
 """
 
 from __future__ import annotations

@@ -3,9 +3,7 @@
 A training step on a CPU frees and allocates the same large tensors again and again (activations, the dense
 gradient of the word embeddings: 47 MB on MiniLM). By default glibc serves a large block (above a threshold that
 adapts between 128 KiB and 32 MiB) with a fresh `mmap` and gives the heap's free top back to the system, so every
-step pays the kernel to fault in and zero the same pages again. Measured on MiniLM-L6 (fp32, batch 16, ~35 tokens,
-two cores, 3 interleaved rounds): page faults 600,000 -> 218,000, system time 2.2 -> 1.3 s, a training step
-305 -> 280 ms (median).
+step pays the kernel to fault in and zero the same pages again (docs/speed.md has the measurements).
 """
 
 from __future__ import annotations
