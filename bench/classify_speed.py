@@ -2,6 +2,7 @@
 
     python bench/classify_speed.py                       # aclsum summary sentences (short), MiniLM-L6
     python bench/classify_speed.py --data drugreview     # drug reviews (long: most are cut at --max-length)
+    python bench/classify_speed.py --ftune-args=--no-cpu-speedups   # ftune without its CPU speed-ups (ftune.cpu)
 
 Variants, all with the same model, data, seed, epochs, batch size, learning rate and max length:
   Trainer, pad to max    the example scripts' default: every batch padded to --max-length, random batches
