@@ -9,7 +9,6 @@ carve that leaves almost nothing to train on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,24 +22,12 @@ import pytest
 
 from tests.conftest import ROOT, invoke
 from tests.test_classify import sentiment_rows, write_jsonl
+from tests.test_errors import assert_usage_error as usage_error
+from tests.test_errors import tree_digest
 
 STEPS = ["--max-steps", "1", "--batch-size", "8", "--max-length", "32"]
 
 
-def usage_error(result, *fragments: str) -> str:
-    """The one `error:` line of a refused command (exit code 2, no traceback), checked for `fragments`."""
-    assert result.exit_code == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def tree_digest(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import ROOT, invoke, read_json, read_jsonl
 from tests.test_classify import sentiment_rows, write_jsonl
+from tests.test_errors import assert_usage_error
 
 HELPERS = ROOT / "tests" / "helpers"
 STEPS = ["--max-steps", "2", "--batch-size", "8", "--max-length", "32"]
@@ -30,16 +31,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
     """Every file under `folder` (links not followed) and the SHA-256 of its bytes."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.is_symlink()}
-
-
-def assert_usage_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def train(tiny_bert, data, output_dir, *extra):
