@@ -88,7 +88,7 @@ def run_status(path: Path) -> str:
         return "in use"
     if not (path / FINISHED_FILE).is_file():
         return "interrupted"
-    staging = staging_path(path)
+    staging = staging_path(path.resolve())  # built beside the real folder when `path` is a link
     if staging.is_dir() and is_run_folder(staging):
         return "replacing" if lock_holder(staging) else "finished, replacement stopped"
     return "finished"

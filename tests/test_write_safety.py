@@ -434,3 +434,16 @@ def test_a_sweep_folder_is_claimed_once_and_undone_only_for_what_each_process_wr
     claim.write("split.json", "x\n")
     claim.undo()
     assert not alone.exists()
+
+
+def test_ftune_runs_sees_a_stopped_replacement_beside_the_real_folder(tmp_path):
+    """--overwrite through a link stages beside the folder the link names; `ftune runs` looks there too."""
+    from ftune.folders import staging_path
+    from ftune.runs import run_status
+
+    real = fake_finished_run(tmp_path / "real" / "run")
+    link = tmp_path / "out"
+    link.symlink_to(real)
+    assert run_status(link) == "finished"
+    fake_finished_run(staging_path(real))
+    assert run_status(real) == run_status(link) == "finished, replacement stopped"

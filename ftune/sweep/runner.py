@@ -24,6 +24,8 @@ from typing import Any, Optional
 from ftune import console
 from ftune.config import TrainConfig
 from ftune.errors import UsageError
+from ftune.rundir import SPLIT_FILE
+from ftune.runs import lower_is_better
 from ftune.sweep import study as studies
 from ftune.sweep.options import DEFAULT_TRIALS, RECIPE_FILE, SweepOptions
 from ftune.sweep.space import Param, build_space, format_value, grid_points
@@ -31,8 +33,6 @@ from ftune.sweep.trials import trial_config, visible_gpus
 from ftune.sweep.workers import Workers
 
 SWEEP_KIND = "sweep"            # the kind in the sweep folder's .ftune-output marker
-SPLIT_FILE = "split.json"
-LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae")
 
 
 @dataclass
@@ -165,7 +165,7 @@ def resolve_metric(task, config: TrainConfig, options: SweepOptions) -> tuple[st
                          f"{', '.join('eval_' + n for n in reported)}; pass one of them")
     if options.direction:
         return f"eval_{name}", options.direction
-    better = greater if name == main else name not in LOWER_IS_BETTER
+    better = greater if name == main else not lower_is_better(name)
     return f"eval_{name}", "maximize" if better else "minimize"
 
 
