@@ -66,11 +66,15 @@ def output_kind(path: Path) -> Optional[str]:
         return None
 
 
-def _write_marker(path: Path, name: str, **fields) -> None:
+def _marker_text(**fields) -> str:
     from ftune import __version__
 
     body = {"ftune": __version__, "created": datetime.now().isoformat(timespec="seconds"), **fields}
-    (path / name).write_text(json.dumps(body) + "\n")
+    return json.dumps(body) + "\n"
+
+
+def _write_marker(path: Path, name: str, **fields) -> None:
+    (path / name).write_text(_marker_text(**fields))
 
 
 def _holds_nothing(path: Path) -> bool:
@@ -384,10 +388,7 @@ class SharedOutput:
 
     def mark_new(self, kind: str, **fields) -> None:
         """Create the marker, or raise UsageError when another process marked the folder since it was planned."""
-        from ftune import __version__
-
-        body = {"ftune": __version__, "created": datetime.now().isoformat(timespec="seconds"), "kind": kind, **fields}
-        if not self.write(OUTPUT_MARKER, json.dumps(body) + "\n", replace=False):
+        if not self.write(OUTPUT_MARKER, _marker_text(kind=kind, **fields), replace=False):
             self.undo()
             raise UsageError(f"{self.named} was claimed by another ftune {kind} while this one started; pass --resume "
                              "to join it, or choose another --output-dir")
