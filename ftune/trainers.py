@@ -26,8 +26,9 @@ class FtuneTrainer(Trainer):
     # The classification, QA and seq2seq heads return a mean over their own batch, so the loss must be divided by
     # the accumulation steps. transformers would not divide when a model's forward takes **kwargs and the batch has
     # labels (it reads that as "normalised by num_items_in_batch"): --grad-accum N multiplied the classify and
-    # summarize losses and gradients by N (tests/test_summarize.py). The
-    # causal-LM trainer leaves the decision to transformers: those models do normalise by the token count.
+    # summarize losses and gradients by N (tests/test_summarize.py). The Trainer reads this attribute from
+    # transformers 5.19 on (tests/test_compat.py checks that it still does). The causal-LM trainer leaves the
+    # decision to transformers: those models do normalise by the token count.
     loss_is_scaled_for_ga = False
 
     def train(self, *args, **kwargs):
@@ -57,7 +58,8 @@ class FtuneTrainer(Trainer):
         # transformers deletes the checkpoints beyond save_total_limit at the end of _save_checkpoint, before the
         # callbacks' on_save, where CheckpointMarker marks the new one complete: a kill in between left no complete
         # checkpoint. CheckpointMarker drops the older ones once the new one is marked. (The limit reads None in the
-        # checkpoint's training_args.bin, which a resume does not read.)
+        # checkpoint's training_args.bin, which a resume does not read.) A private hook: no public one runs between
+        # a checkpoint's writing and its rotation (tests/test_compat.py checks its signature and that it rotates).
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             super()._save_checkpoint(model, trial)
@@ -65,6 +67,9 @@ class FtuneTrainer(Trainer):
             self.args.save_total_limit = limit
 
     def _get_eval_sampler(self, eval_dataset):
+        # A private hook: the public get_eval_dataloader/get_test_dataloader build their loaders through it, and
+        # replacing them would mean rebuilding the loader from other private parts (column removal, accelerate's
+        # preparation). tests/test_compat.py checks that both loaders still keep the rows in order through it.
         if eval_dataset is None or self.args.world_size > 1:
             return None  # as the base Trainer: with several ranks accelerate shards the rows in order
         return SequentialSampler(eval_dataset)

@@ -30,13 +30,14 @@ class TokenLossTrainer(FtuneTrainer):
         self.packing = packing
         self._packing_collator = None
 
-    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
-                        dataloader_key=None):
-        if not (is_training and self._packs()):
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+    def get_train_dataloader(self):
+        if not self._packs():
+            return super().get_train_dataloader()
+        # The Trainer builds every loader with its data_collator: the packing one serves while the training loader
+        # is built (evaluation keeps the padded one).
         padded, self.data_collator = self.data_collator, self._packing_collator
         try:
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+            return super().get_train_dataloader()
         finally:
             self.data_collator = padded
 
@@ -58,10 +59,12 @@ class TokenLossTrainer(FtuneTrainer):
         return self._packing_collator is not None
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        labels = inputs.pop("labels")
+        from accelerate.utils import send_to_device
+
+        inputs = send_to_device(inputs, self.args.device)
+        labels = inputs["labels"]
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits = model(**inputs).logits
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         sums = token_loss_sums(logits, labels)
         if prediction_loss_only:
             return sums[:, 0].sum() / sums[:, 1].sum().clamp(min=1), None, None

@@ -26,17 +26,15 @@ class GenerationTrainer(FtuneTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """(loss when the batch has labels, generated ids, labels)."""
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-        from transformers.integrations.fsdp import is_fsdp_managed_module
+        from accelerate.utils import send_to_device
 
-        inputs = self._prepare_inputs(inputs)
+        inputs = send_to_device(inputs, self.args.device)
         loss = None
         if inputs.get("labels") is not None:
             loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
         if prediction_loss_only:
             return loss, None, None
         source = {k: v for k, v in inputs.items() if k not in TEACHER_FORCING_KEYS}
-        synced = is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model)
-        with torch.no_grad():
-            generated = self.model.generate(**source, **self.generation_kwargs, synced_gpus=synced)
+        with torch.no_grad():  # generate() syncs the ranks itself under DeepSpeed ZeRO-3 or FSDP
+            generated = self.model.generate(**source, **self.generation_kwargs)
         return loss, generated, inputs.get("labels")
