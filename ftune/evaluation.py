@@ -8,7 +8,6 @@ the run's recorded results: its results go to `--output-dir`, or else to a folde
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +24,7 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
                  max_eval_samples: Optional[int] = None):
     """Score the run and write eval_results.json / eval_predictions.jsonl; returns the Evaluation."""
     ensure_offline_if_unreachable()
-    run = open_run(run_path)
+    run = open_run(run_path, exports=True)
     task, config = run.task, run.config
     other_data = data is not None or split is not None
     if output_dir is not None:  # checked before the data loads
@@ -35,15 +34,10 @@ def evaluate_run(run_path: Path, *, data: Optional[str] = None, data_config: Opt
         rows, ids = rows.select(range(min(max_eval_samples, len(rows)))), ids[:max_eval_samples]
     target = RunDir(_output_folder(run, Path(output_dir) if output_dir else default_target, other_data=other_data))
 
-    from ftune.models import load_run_model, load_run_tokenizer
-    from ftune.trainers import inference_trainer
+    from ftune.engines import open_engine
 
-    tokenizer = load_run_tokenizer(run)
-    model = load_run_model(run)
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = inference_trainer(task, config, run.state, model, tokenizer, precision=run.precision,
-                                    batch_size=batch_size, scratch=scratch)
-        evaluation = task.evaluate(config, trainer, tokenizer, run.state, rows, ids)
+    with open_engine(run, batch_size=batch_size) as engine:
+        evaluation = task.evaluate(config, engine.scorer(config), engine.tokenizer, run.state, rows, ids)
 
     if target.path.resolve() != run.path.resolve():
         mark_output(target.path, "eval", run=str(run.path.resolve()))

@@ -45,6 +45,8 @@ OUTPUT_MARKER = ".ftune-output"
 COMPLETE_MARKER = ".ftune-complete"
 FINISHED_FILE = "train_results.json"     # the run's last file: it is finished
 CONFIG_FILE = "ftune.yaml"
+# Output kinds that `--overwrite` alone may replace (an evaluation output is rewritten freely), named for messages.
+REPLACED_WITH_OVERWRITE_ONLY = {"merge": "merged model", "export": "export"}
 
 
 def is_run_folder(path: Path) -> bool:
@@ -358,9 +360,9 @@ def prepare_output_folder(path: Path, kind: str, *, overwrite: bool = False, ref
                          "new or empty folder")
     if found != kind:
         raise UsageError(f"--output-dir {path} holds ftune {found} output, not {kind} output; choose another folder")
-    if kind == "merge" and not overwrite:
-        raise UsageError(f"{path} holds an earlier merged model; pass --overwrite to replace it or choose another "
-                         "folder")
+    if kind in REPLACED_WITH_OVERWRITE_ONLY and not overwrite:
+        raise UsageError(f"{path} holds an earlier {REPLACED_WITH_OVERWRITE_ONLY[kind]}; pass --overwrite to replace "
+                         "it or choose another folder")
     return path
 
 

@@ -25,6 +25,7 @@ EVAL_RESULTS = "eval_results.json"
 EVAL_PREDICTIONS = "eval_predictions.jsonl"
 EVAL_DETAILS = "eval_details.json"
 MODEL_CARD = "README.md"
+EXPORT_FILE = "export.json"                # an export of the run (ftune export): what it holds, how it was verified
 LOGS_FOLDER = "logs"                       # the experiment trackers' files (--report-to)
 # What to do about a run file that is not as ftune writes it.
 CHANGED = "ftune does not write such a file, so the run was changed after training: restore its {name} or retrain it"
@@ -159,6 +160,12 @@ class FinishedRun:
     state: dict[str, Any]       # what the run derived: columns, labels ...
     info: dict[str, Any]        # ftune.yaml's `run:` section
     split: dict[str, Any]       # split.json
+    export: Optional[dict[str, Any]] = None  # export.json, when this is an export of the run (ftune export)
+
+    @property
+    def engine(self) -> str:
+        """What scores the model (ftune.engines): transformers for a run, the export's own runtime for an export."""
+        return self.export.get("engine", "transformers") if self.export else "transformers"
 
     @property
     def is_lora(self) -> bool:
@@ -169,8 +176,9 @@ class FinishedRun:
         return self.info.get("precision", "fp32")
 
 
-def open_run(path: str | Path) -> FinishedRun:
-    """Read a finished run, or raise UsageError naming what is missing or damaged."""
+def open_run(path: str | Path, *, exports: bool = False) -> FinishedRun:
+    """Read a finished run, or raise UsageError naming what is missing or damaged. `exports`: an export folder of a
+    run (ftune export) is read too, as the run it was made from with its `export` record."""
     from ftune.config import read_yaml_file, resolve_config
     from ftune.tasks import get_task
 
@@ -180,7 +188,8 @@ def open_run(path: str | Path) -> FinishedRun:
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UsageError(f"{path} is not an ftune run (no {CONFIG_FILE}); pass the --output-dir of a training run")
-    if not (path / TRAIN_RESULTS).is_file():
+    export = _export_record(path, exports)
+    if export is None and not (path / TRAIN_RESULTS).is_file():
         raise UsageError(f"run {path} did not finish; resume it with the same training command and --resume")
     saved = read_yaml_file(config_file, "run file", fix=CHANGED.format(name=CONFIG_FILE)) or {}
     info = saved.pop(RUN_INFO_KEY, {}) if isinstance(saved, dict) else {}
@@ -195,4 +204,18 @@ def open_run(path: str | Path) -> FinishedRun:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"run file {split_file} is not valid JSON ({exc}); {CHANGED.format(name=SPLIT_FILE)}"
                          ) from None
-    return FinishedRun(path=path, task=task, config=config, state=info.get("state", {}), info=info, split=split)
+    return FinishedRun(path=path, task=task, config=config, state=info.get("state", {}), info=info, split=split,
+                       export=export)
+
+
+def _export_record(path: Path, accepted: bool) -> Optional[dict[str, Any]]:
+    """The export.json of an export folder (None for a run); UsageError where the command takes runs only."""
+    record_file = path / EXPORT_FILE
+    if not record_file.is_file():
+        return None
+    if not accepted:
+        raise UsageError(f"{path} is an export of a run (ftune export); this command takes the run itself")
+    try:
+        return json.loads(record_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"export file {record_file} is not valid JSON ({exc}); export the run again") from None
