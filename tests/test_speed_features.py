@@ -122,7 +122,8 @@ def test_rows_taken_from_a_chunked_table_are_the_rows_asked_for(tmp_path):
     result equals Arrow's own take, for sorted, shuffled and repeated positions across many chunks."""
     import pyarrow as pa
 
-    from ftune.data import _write_rows, load_source, take_rows
+    from ftune.data import load_source, take_rows
+    from ftune.data.tables import _write_rows
 
     n = 1000
     whole = pa.table({"text": [f"row {i}" for i in range(n)], "label": [i % 3 for i in range(n)]})

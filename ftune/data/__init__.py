@@ -1,0 +1,42 @@
+"""Data: loading any source, finding and checking columns, naming rows, and making (and recording) the held-out split.
+
+- `sources`: `--data` read as a DatasetDict (a file, a folder of split files, a save_to_disk folder, a Hub id) and
+  the rule that names a file's split;
+- `columns`: which column plays which role, and what the columns hold (text, a value in every row);
+- `rows`: the ids of rows in eval_predictions.jsonl and how messages name rows (ids, lines of a file, positions);
+- `tables`: datasets read and made in Arrow's own code (the one module that touches datasets' internals);
+- `split`: the held-out split and its record in the run's `split.json`, so `ftune eval RUN` scores the same rows.
+
+The names the rest of ftune uses are importable from `ftune.data` itself.
+"""
+
+from ftune.data.columns import (
+    check_no_missing,
+    check_split_filled,
+    check_split_text,
+    check_text_columns,
+    missing_rows,
+    pick_column,
+)
+from ftune.data.rows import ID_COLUMNS, RowNames, describe_row_groups, describe_rows, row_ids, row_names
+from ftune.data.sources import FILE_READERS, SPLIT_ALIASES, load_source, quiet_datasets, require_regular
+from ftune.data.split import (
+    EVAL_SPLIT_NAMES,
+    HELD_OUT_FIELDS,
+    HeldOutSplit,
+    build_held_out_split,
+    carve_indices,
+    fingerprint,
+    held_out_differences,
+    reload_held_out_split,
+)
+from ftune.data.tables import arrow_column, column_list, derived_fingerprint, take_rows, tokenize_rows, with_column
+
+__all__ = [
+    "EVAL_SPLIT_NAMES", "FILE_READERS", "HELD_OUT_FIELDS", "ID_COLUMNS", "SPLIT_ALIASES", "HeldOutSplit", "RowNames",
+    "arrow_column", "build_held_out_split", "carve_indices", "check_no_missing", "check_split_filled",
+    "check_split_text", "check_text_columns", "column_list", "derived_fingerprint", "describe_row_groups",
+    "describe_rows", "fingerprint", "held_out_differences", "load_source", "missing_rows", "pick_column",
+    "quiet_datasets", "reload_held_out_split", "require_regular", "row_ids", "row_names", "take_rows",
+    "tokenize_rows", "with_column",
+]
