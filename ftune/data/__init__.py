@@ -19,7 +19,7 @@ from ftune.data.columns import (
     pick_column,
 )
 from ftune.data.rows import ID_COLUMNS, RowNames, describe_row_groups, describe_rows, row_ids, row_names
-from ftune.data.sources import FILE_READERS, SPLIT_ALIASES, load_source, quiet_datasets, require_regular
+from ftune.data.sources import FILE_READERS, files_by_split, load_source, quiet_datasets, require_regular, split_of
 from ftune.data.split import (
     EVAL_SPLIT_NAMES,
     HELD_OUT_FIELDS,
@@ -33,10 +33,10 @@ from ftune.data.split import (
 from ftune.data.tables import arrow_column, column_list, derived_fingerprint, take_rows, tokenize_rows, with_column
 
 __all__ = [
-    "EVAL_SPLIT_NAMES", "FILE_READERS", "HELD_OUT_FIELDS", "ID_COLUMNS", "SPLIT_ALIASES", "HeldOutSplit", "RowNames",
-    "arrow_column", "build_held_out_split", "carve_indices", "check_no_missing", "check_split_filled",
-    "check_split_text", "check_text_columns", "column_list", "derived_fingerprint", "describe_row_groups",
-    "describe_rows", "fingerprint", "held_out_differences", "load_source", "missing_rows", "pick_column",
-    "quiet_datasets", "reload_held_out_split", "require_regular", "row_ids", "row_names", "take_rows",
+    "EVAL_SPLIT_NAMES", "FILE_READERS", "HELD_OUT_FIELDS", "ID_COLUMNS", "HeldOutSplit", "RowNames", "arrow_column",
+    "build_held_out_split", "carve_indices", "check_no_missing", "check_split_filled", "check_split_text",
+    "check_text_columns", "column_list", "derived_fingerprint", "describe_row_groups", "describe_rows",
+    "files_by_split", "fingerprint", "held_out_differences", "load_source", "missing_rows", "pick_column",
+    "quiet_datasets", "reload_held_out_split", "require_regular", "row_ids", "row_names", "split_of", "take_rows",
     "tokenize_rows", "with_column",
 ]

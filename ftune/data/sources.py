@@ -8,9 +8,8 @@ uses, the tasks' own (CoNLL, SQuAD JSON, TSV pairs) included.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from ftune.errors import UsageError
 from ftune.hub import require_hub_dataset
@@ -80,18 +79,28 @@ def require_regular(path: Path, flag: str, wanted: str) -> None:
                          f"file and pass {wanted}")
 
 
+def split_of(file: Path) -> str:
+    """The split a data file's name says it holds: train.csv, validation.jsonl, test-00000.parquet, dev.tsv (an alias
+    of validation), train.part2.conll ... The one rule for every layout read from a folder of files."""
+    stem = file.stem.lower().split("-")[0].split(".")[0]
+    return SPLIT_ALIASES.get(stem, stem)
+
+
+def files_by_split(files: Iterable[Path]) -> dict[str, list[Path]]:
+    """`files` grouped by the split each one's name says it holds (`split_of`), in their order."""
+    groups: dict[str, list[Path]] = {}
+    for file in files:
+        groups.setdefault(split_of(file), []).append(file)
+    return groups
+
+
 def _split_files(folder: Path) -> dict[str, list[Path]]:
-    """Group a folder's data files by split: train.csv, validation.jsonl, test-00000.parquet, dev.tsv ..."""
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for file in sorted(folder.iterdir()):
-        if file.suffix.lower() not in FILE_READERS or not file.is_file():
-            continue
-        stem = file.stem.lower().split("-")[0].split(".")[0]
-        groups[SPLIT_ALIASES.get(stem, stem)].append(file)
+    """A folder's data files grouped by split."""
+    groups = files_by_split(f for f in sorted(folder.iterdir()) if f.suffix.lower() in FILE_READERS and f.is_file())
     if not groups:
         known = ", ".join(FILE_READERS)
         raise UsageError(f"folder {folder} holds no data files ({known}); put e.g. train.csv and test.csv in it")
-    return dict(groups)
+    return groups
 
 
 def _load_files(groups: dict[str, list[Path]], data: str):

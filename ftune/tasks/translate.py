@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from ftune import console
 from ftune.config import option
-from ftune.data import SPLIT_ALIASES, column_list
+from ftune.data import column_list, files_by_split
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores
 from ftune.tasks.seq2seq import T5_FAMILY, Seq2SeqOptions, Seq2SeqTask, as_text, examples_table, mean_generated_length
@@ -353,10 +353,7 @@ def load_tsv_pairs(data: Optional[str], header_names: set[str]):
                        (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt"))
         if not files or any(f.suffix.lower() != ".tsv" for f in files):
             return None
-        groups: dict[str, list[Path]] = {}
-        for file in files:
-            stem = file.stem.lower().split("-")[0].split(".")[0]
-            groups.setdefault(SPLIT_ALIASES.get(stem, stem), []).append(file)
+        groups = files_by_split(files)
     else:
         return None
     from ftune.data import quiet_datasets

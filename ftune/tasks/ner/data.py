@@ -3,8 +3,8 @@
 Three layouts:
 - CoNLL files (`.conll`, `.txt`, `.tsv`): one token per line, its tag in the LAST white-space separated column,
   a blank line between sentences, `-DOCSTART-` lines skipped. A folder of `train`/`dev`/`test` files gives the
-  splits (ftune.data's split-name aliases). These are read here: ftune.data would read `.txt` as plain text and
-  `.tsv` as a table.
+  splits (each file's split named by ftune.data's `split_of`). These are read here: ftune.data would read `.txt`
+  as plain text and `.tsv` as a table.
 - The Hub layout: a list of tokens and a list of ClassLabel ids per row (e.g. conll2003's tokens/ner_tags).
 - JSONL/CSV rows with a tokens list and a tags list (in CSV a JSON list or white-space separated words).
 Tags are named: ClassLabel ids become their names, numbers their text (as ftune.tasks.labels names them).
@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import SPLIT_ALIASES, check_no_missing, check_text_columns, column_list, describe_rows
+from ftune.data import check_no_missing, check_text_columns, column_list, describe_rows, files_by_split
 from ftune.errors import UsageError
 from ftune.tasks.labels import feature_names, label_name
 
@@ -47,10 +47,7 @@ def load_conll(data: Optional[str]):
         if not conll or len(conll) != len([f for f in files if f.suffix.lower() in
                                            (*CONLL_SUFFIXES, ".csv", ".json", ".jsonl", ".parquet")]):
             return None
-        groups: dict[str, list[Path]] = {}
-        for file in conll:
-            stem = file.stem.lower().split("-")[0].split(".")[0]
-            groups.setdefault(SPLIT_ALIASES.get(stem, stem), []).append(file)
+        groups = files_by_split(conll)
     else:
         return None
     from ftune.data import quiet_datasets

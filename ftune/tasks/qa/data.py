@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import SPLIT_ALIASES, check_no_missing, check_text_columns, column_list, describe_rows
+from ftune.data import check_no_missing, check_text_columns, column_list, describe_rows, split_of
 from ftune.errors import UsageError
 
 
@@ -90,8 +90,7 @@ def load_nested_squad(data: Optional[str]):
                     "answer_start": datasets.List(datasets.Value("int32"))}})
     splits: dict[str, list[dict]] = {}
     for file in files:
-        stem = file.stem.lower().split("-")[0].split(".")[0]
-        split = "train" if path.is_file() else SPLIT_ALIASES.get(stem, stem)
+        split = "train" if path.is_file() else split_of(file)
         splits.setdefault(split, []).extend(flatten_squad(file))
     for split, rows in splits.items():
         if not rows:
