@@ -9,6 +9,7 @@ import typer
 
 from ftune import console
 from ftune.cli.common import Debug
+from ftune.errors import UsageError
 
 
 def generate_command(
@@ -40,6 +41,9 @@ def generate_command(
     output: Annotated[Optional[Path], typer.Option("--output", help="Write JSON lines (prompt, sequence, "
                                                    "generation) to FILE.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per batch.")] = 8,
+    engine: Annotated[str, typer.Option("--engine", metavar="transformers|llamacpp", help="llamacpp: run a .gguf "
+                                        "file (or GGUF export folder) with llama.cpp (pip install "
+                                        "'ftune[llamacpp]').")] = "transformers",
     debug: Debug = False,
 ) -> None:
     """Generate text from a causal-LM or seq2seq model or run: --prompt, --prompts-file; streams a single prompt."""
@@ -53,15 +57,22 @@ def generate_command(
                                 top_k=top_k, repetition_penalty=repetition_penalty, num_beams=num_beams,
                                 num_return_sequences=num_return_sequences, seed=seed)
     options.check()
-    loaded, tokenizer = load_generation_model(model, gguf_file)
     streaming = stream and len(prompts) == 1 and num_return_sequences == 1 and num_beams == 1
-    streamer = None
-    if streaming:
-        from ftune.generation import console_streamer
+    if engine not in ("transformers", "llamacpp"):
+        raise UsageError(f"--engine {engine!r} is not an engine; choose transformers or llamacpp")
+    if engine == "llamacpp":
+        from ftune.engines.llamacpp import generate_with_llamacpp
 
-        streamer = console_streamer(tokenizer)
-    texts = generate_texts(loaded, tokenizer, prompts, options, batch_size=batch_size, chat=chat,
-                           streamer=streamer)
+        texts = generate_with_llamacpp(model, gguf_file, prompts, options, chat=chat, stream=streaming)
+    else:
+        loaded, tokenizer = load_generation_model(model, gguf_file)
+        streamer = None
+        if streaming:
+            from ftune.generation import console_streamer
+
+            streamer = console_streamer(tokenizer)
+        texts = generate_texts(loaded, tokenizer, prompts, options, batch_size=batch_size, chat=chat,
+                               streamer=streamer)
     rows = [{"prompt": p, "sequence": k, "generation": t} for p, ts in zip(prompts, texts) for k, t in enumerate(ts)]
     if output is not None:
         from ftune.rundir import write_jsonl
