@@ -1,10 +1,13 @@
-"""`ftune push RUN --repo ID`: upload a finished run to the Hugging Face Hub (and `--push-to-hub` on training commands).
+"""`ftune push RUN --repo ID [--export NAME]`: upload a finished run (or an export of it) to the Hugging Face Hub (and `--push-to-hub` on training commands).
 
 What goes up is the run's top-level files: the model or adapter, the tokenizer, the model card (README.md) and its
 pictures, ftune.yaml, split.json and the results (eval_results.json, eval_details.json, train_results.json,
 trainer_state.json). What never does: ftune's markers and lock, temporary and staging files (hidden, or *.tmp),
 folders (checkpoints, best-model/, evals/, tracker logs), eval_predictions.jsonl (it holds the held-out rows'
 references: the user's data) and training_args.bin (a pickle; ftune.yaml holds the configuration).
+
+`--export NAME` uploads an export of the run instead (ftune export: `RUN/exports/NAME`, e.g. onnx or onnx-int8): the
+files of that folder, under the same rules (its README is the export's own, uploaded as it is).
 
 Every refusal comes before anything is sent: an unfinished run, a bad repo id, the Hub offline or unreachable, no
 token. `--dry-run` lists exactly the files that would be uploaded and sends nothing (offline and without a token
@@ -137,8 +140,22 @@ def _is_local(model: str) -> bool:
         return True
 
 
+def export_folder(run, name: str) -> Path:
+    """The export `name` of the run (RUN/exports/NAME, written by ftune export), or UsageError naming those there
+    are."""
+    from ftune.export import EXPORTS_FOLDER
+    from ftune.rundir import EXPORT_FILE
+
+    exports = run.path / EXPORTS_FOLDER
+    found = sorted(p.name for p in exports.iterdir() if (p / EXPORT_FILE).is_file()) if exports.is_dir() else []
+    if name not in found:
+        have = f"its exports are: {', '.join(found)}" if found else "it has none; make one with ftune export"
+        raise UsageError(f"run {run.path} has no export {name!r} ({EXPORTS_FOLDER}/{name}); {have}")
+    return exports / name
+
+
 def _payload(run, path: Path, repo: str) -> bytes | str:
-    if path.name == MODEL_CARD:
+    if path.name == MODEL_CARD and path.parent == run.path:  # the run's model card (an export's README is its own)
         return hub_model_card(path.read_text(), run.path, repo, run.config.model, run.config.output_dir).encode()
     return str(path)
 
@@ -160,18 +177,21 @@ def format_size(size: int) -> str:
 # The command
 
 
-def push_command(run_path: Path, repo: str, *, private: bool = False, dry_run: bool = False) -> None:
-    """`ftune push`: list the files (and stop there with --dry-run), or check the Hub and the token and upload."""
+def push_command(run_path: Path, repo: str, *, private: bool = False, dry_run: bool = False,
+                 export: Optional[str] = None) -> None:
+    """`ftune push`: list the files (and stop there with --dry-run), or check the Hub and the token and upload.
+    `export`: push the run's export of that name instead of the run."""
     run = open_run(run_path)
     check_repo_id(repo, "--repo")
+    folder = export_folder(run, export) if export else run.path
     target = None if dry_run else hub_target_for(repo, private=private)  # every refusal before any output
-    files = files_to_push(run.path)
+    files = files_to_push(folder)
     sizes = [_size(run, f, repo) for f in files]
     width = max(len(f.name) for f in files)
     listing = [f"  {f.name:<{width}}  {format_size(s):>9}" for f, s in zip(files, sizes)]
-    skipped = left_out(run.path)
+    skipped = left_out(folder)
     verb = "would push" if dry_run else "pushing"
-    console.info(f"{verb} {len(files)} files ({format_size(sum(sizes))}) from {run.path} to {repo} "
+    console.info(f"{verb} {len(files)} files ({format_size(sum(sizes))}) from {folder} to {repo} "
                  f"({'private' if private else 'public'}):")
     console.info("\n".join(listing))
     if skipped:
@@ -180,7 +200,7 @@ def push_command(run_path: Path, repo: str, *, private: bool = False, dry_run: b
         console.info("dry run: nothing was uploaded")
         return
     url = upload(run, files, target)
-    console.final(f"pushed {run.path} to {url}", repo=repo, url=url, files=[f.name for f in files])
+    console.final(f"pushed {folder} to {url}", repo=repo, url=url, files=[f.name for f in files])
 
 
 def push_finished_run(run_path: Path, target: HubTarget) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""`ftune runs [DIR]`, `ftune runs compare RUN RUN...` and `ftune push RUN --repo ID`.
+"""`ftune runs [DIR]`, `ftune runs compare RUN RUN...` and `ftune push RUN --repo ID [--export NAME]`.
 
 `ftune runs` is one command whose first word may be `compare`: a Typer group cannot take both a folder argument
 and subcommands (the folder would swallow the subcommand's name), so the command reads its arguments itself.
@@ -58,9 +58,13 @@ def push_command(
     private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be uploaded; send "
                                           "nothing (works offline, without a token).")] = False,
+    export: Annotated[Optional[str], typer.Option("--export", metavar="NAME", help="Upload the run's export "
+                                                  "RUN/exports/NAME (e.g. onnx, onnx-int8; see ftune export) "
+                                                  "instead of the run.")] = None,
     debug: Debug = False,
 ) -> None:
-    """Upload a finished run to the Hugging Face Hub: model or adapter, tokenizer, model card, ftune.yaml, results."""
+    """Upload a finished run (or one of its exports) to the Hugging Face Hub: model or adapter, tokenizer, model card,
+    ftune.yaml, results."""
     from ftune.push import push_command as push
 
-    push(run, repo, private=private, dry_run=dry_run)
+    push(run, repo, private=private, dry_run=dry_run, export=export)

@@ -82,13 +82,16 @@ def require_onnxruntime() -> None:
 
 
 def load_tokenizer(folder: Path):
-    """The export's tokenizer (transformers' fast tokenizer, whose word ids and offsets the tasks read)."""
-    from transformers import AutoTokenizer
+    """The export's fast tokenizer, read from its tokenizer.json by transformers' PreTrainedTokenizerFast (the tasks
+    read its word ids and offsets); AutoTokenizer would import torch through the model configurations."""
+    from transformers import PreTrainedTokenizerFast
 
     from ftune.errors import UsageError
 
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise UsageError(f"export {folder} has no tokenizer.json; export the run again")
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load the tokenizer of export {folder}: {str(exc).strip().splitlines()[0]}; "
                          "export the run again") from None

@@ -157,11 +157,22 @@ def export_model(source: str, *, format_name: str, quantize: Optional[str] = Non
         finally:
             build.release()
     figures = outcome.get("verification", {})
-    console.final(console.metrics_table({k: v for k, v in figures.items() if isinstance(v, (int, float))},
-                                        title=f"{format_name} {quantize} export, verified"),
+    console.final(console.table(["verification", "value"], verification_rows(figures),
+                                title=f"{format_name} {quantize} export, verified"),
                   closing=f"wrote {output_dir} ({', '.join(outcome.get('files', []))})",
                   output_dir=str(output_dir), format=format_name, quantization=quantize, verification=figures)
     return output_dir
+
+
+def verification_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    """The scalar verification figures as table rows; tiny differences in scientific notation (not 0.0000)."""
+    rows = []
+    for name, value in figures.items():
+        if isinstance(value, float) and value and abs(value) < 1e-3:
+            rows.append((name, f"{value:.2e}"))
+        elif isinstance(value, (int, float, str)):
+            rows.append((name, console.format_value(value)))
+    return rows
 
 
 def _source_name(origin: ExportSource) -> str:
