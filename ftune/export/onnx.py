@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ftune.errors import RunFailed, UsageError
+from ftune.folders import CONFIG_FILE
+from ftune.rundir import SPLIT_FILE
 
 QUANTIZATIONS = ("fp32", "int8")
 DEFAULT_QUANTIZATION = "fp32"
@@ -37,7 +39,7 @@ MODEL_CLASSES = {"classify": "AutoModelForSequenceClassification", "ner": "AutoM
                  "qa": "AutoModelForQuestionAnswering"}
 OUTPUT_NAMES = {"classify": ("logits",), "ner": ("logits",), "qa": ("start_logits", "end_logits")}
 EXTRA_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
-RUN_FILES = ("ftune.yaml", "split.json")    # what `ftune eval` and `ftune predict` read of the run
+RUN_FILES = (CONFIG_FILE, SPLIT_FILE)    # what `ftune eval` and `ftune predict` read of the run
 # Inputs for a model that is not a run (and for tracing the graph): texts, or question and context for QA.
 SAMPLE_TEXTS = ("the film was a great story with a good plot", "a terrible movie", "we propose a method",
                 "the cat sleeps", "paris is the capital of france and london is the capital of england")
@@ -228,7 +230,8 @@ def verify_on_held_out(run, model, tokenizer, out_dir: Path, quantize: str) -> d
     after = task.evaluate(config, onnx, engine.tokenizer, state, rows, ids)
 
     metric = f"eval_{task.best_metric(config)[0]}"
-    differing = sum(a["prediction"] != b["prediction"] for a, b in zip(before.predictions, after.predictions))
+    differing = sum(not same_prediction(a["prediction"], b["prediction"])
+                    for a, b in zip(before.predictions, after.predictions))
     figures = {"rows": len(rows), "max_abs_logit_difference": largest_difference(pytorch.predictions,
                                                                                  onnx.predictions),
                "predictions_differing": differing, "metric": metric, "pytorch": before.metrics.get(metric),
@@ -241,6 +244,13 @@ def verify_on_held_out(run, model, tokenizer, out_dir: Path, quantize: str) -> d
         console.info(f"{quantize}: held-out {metric} {figures['pytorch']:.4f} in PyTorch, {figures['onnxruntime']:.4f} "
                      f"in onnxruntime; {differing} of {len(rows)} predictions differ")
     return figures
+
+
+def same_prediction(a, b) -> bool:
+    """Labels, tags and answers must be equal; a regression's number (the logit itself) within LOGITS_TOLERANCE."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= LOGITS_TOLERANCE
+    return a == b
 
 
 def verify_on_samples(model, tokenizer, task: str, out_dir: Path, quantize: str) -> dict[str, Any]:

@@ -77,7 +77,7 @@ print(context[encoding.offsets[first][0]:encoding.offsets[last][1]])
 def example_kind(task: str, run) -> str:
     if task != "classify":
         return task
-    return run.state.get("problem_type", "single-label") if run is not None else "single-label"
+    return run.config.task_options.problem_type if run is not None else "single-label"
 
 
 def readme(task: str, run, tokenizer, inputs: list[str], quantize: str) -> str:
