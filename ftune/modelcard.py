@@ -9,7 +9,7 @@ from ftune import __version__
 from ftune.console import format_value
 
 
-def model_card(path: Path, task, config, state: dict[str, Any], split: dict[str, Any],
+def model_card(path: Path, task, config, state, split: dict[str, Any],
                metrics: dict[str, Any], pictures: Sequence = ()) -> str:
     """The text of the run's README.md; `pictures` (ftune.pictures.Picture) are shown below the metrics."""
     method = (f"LoRA (r={config.lora_r}, alpha={config.lora_alpha}, dropout={config.lora_dropout}, "
@@ -21,10 +21,7 @@ def model_card(path: Path, task, config, state: dict[str, Any], split: dict[str,
     rows = "\n".join(f"| {k} | {format_value(v)} |" for k, v in metrics.items() if isinstance(v, (int, float)))
     length = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs:g} epochs"
     merge = f", `ftune merge {path} --output-dir MERGED`" if config.lora else ""
-    labels = state.get("labels")
-    facts = [f"**Labels:** {', '.join(map(str, labels))}"] if labels else []
-    facts += task.model_card_facts(config, state)
-    fact_lines = "".join(f"- {fact}\n" for fact in facts)
+    fact_lines = "".join(f"- {fact}\n" for fact in task.model_card_facts(config, state))
     text = f"""---
 library_name: {'peft' if config.lora else 'transformers'}
 base_model: {config.model}

@@ -50,7 +50,7 @@ def draw_pictures(folder, pictures: Sequence[Picture]) -> list[Picture]:
     return written
 
 
-def task_pictures(task, config, state: dict[str, Any], evaluation) -> list[Picture]:
+def task_pictures(task, config, state, evaluation) -> list[Picture]:
     """The task's own pictures of `evaluation` (Task.pictures); a task that fails to name them costs a warning."""
     try:
         return list(task.pictures(config, state, evaluation))

@@ -65,14 +65,14 @@ class RunDir:
         return target
 
     # ---- the run's files --------------------------------------------------------------------------
-    def write_config(self, task_name: str, config, state: dict[str, Any], precision: str,
-                     location: Optional[Path] = None) -> None:
-        """ftune.yaml: every option as resolved, and under `run:` what the run derived (labels, versions).
+    def write_config(self, task_name: str, config, state, precision: str, location: Optional[Path] = None) -> None:
+        """ftune.yaml: every option as resolved, and under `run:` what the run derived (the task's state, a
+        ftune.tasks.state.TaskState) and the library versions.
         `location`: where the run will live when it is finished (a staged run is written elsewhere first)."""
         import yaml
 
         info = {"task": task_name, "precision": precision, "created": datetime.now().isoformat(timespec="seconds"),
-                "state": state, "versions": library_versions()}
+                "state": state.to_dict(), "versions": library_versions()}
         body = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
         tail = yaml.safe_dump({RUN_INFO_KEY: info}, sort_keys=False, allow_unicode=True)
         header = (f"# ftune {task_name} run configuration, resolved. Rerun with:\n"
@@ -157,7 +157,7 @@ class FinishedRun:
     path: Path
     task: Any                   # the Task object (ftune.tasks)
     config: Any                 # TrainConfig, resolved from ftune.yaml
-    state: dict[str, Any]       # what the run derived: columns, labels ...
+    state: Any                  # what the run derived: the task's state_class (columns, labels ...)
     info: dict[str, Any]        # ftune.yaml's `run:` section
     split: dict[str, Any]       # split.json
     export: Optional[dict[str, Any]] = None  # export.json, when this is an export of the run (ftune export)
@@ -198,14 +198,23 @@ def open_run(path: str | Path, *, exports: bool = False) -> FinishedRun:
                          "--output-dir of a training run")
     task = get_task(info["task"])
     config = resolve_config(task.options_class, layers=[(str(config_file), saved)])
+    state = read_state(task, info, config_file)
     split_file = path / SPLIT_FILE
     try:
         split = json.loads(split_file.read_text(encoding="utf-8")) if split_file.is_file() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"run file {split_file} is not valid JSON ({exc}); {CHANGED.format(name=SPLIT_FILE)}"
                          ) from None
-    return FinishedRun(path=path, task=task, config=config, state=info.get("state", {}), info=info, split=split,
-                       export=export)
+    return FinishedRun(path=path, task=task, config=config, state=state, info=info, split=split, export=export)
+
+
+def read_state(task, info: dict[str, Any], config_file: Path):
+    """The task's state saved in ftune.yaml's `run:` section (`info`); UsageError when it cannot be read."""
+    try:
+        return task.state_class.from_dict(info.get("state", {}))
+    except ValueError as exc:
+        raise UsageError(f"run file {config_file} holds a {task.name} state that ftune cannot read ({exc}); "
+                         f"{CHANGED.format(name=CONFIG_FILE)}") from None
 
 
 def _export_record(path: Path, accepted: bool) -> Optional[dict[str, Any]]:

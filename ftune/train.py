@@ -27,6 +27,7 @@ from ftune import signals
 from ftune.errors import RunInterrupted, UsageError
 from ftune.hub import ensure_offline_if_unreachable
 from ftune.rundir import RunDir
+from ftune.tasks.state import TaskState
 
 
 def default_output_dir(task, config: TrainConfig) -> str:
@@ -70,7 +71,7 @@ class Prepared:
 
     split: Any
     tokenizer: Any
-    state: dict[str, Any]
+    state: TaskState
     model: Any
     train_features: Any
     eval_features: Any
@@ -149,7 +150,7 @@ def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Pre
     import json
 
     from ftune.config import default_of, read_yaml_file
-    from ftune.rundir import CONFIG_FILE, SPLIT_FILE
+    from ftune.rundir import CONFIG_FILE, SPLIT_FILE, read_state
 
     saved_file = workdir / CONFIG_FILE
     if not saved_file.is_file():
@@ -168,9 +169,9 @@ def check_resume_matches(workdir: Path, task, config: TrainConfig, prepared: Pre
     split = prepared.split.record
     if any(saved_split.get(k) != split.get(k) for k in ("fingerprint", "indices", "train_rows", "eval_split")):
         differs.append("data (the held-out rows differ from the run's split.json)")
-    for key, value in prepared.state.items():
-        if info.get("state", {}).get(key) != value:
-            differs.append(f"{key} derived from the data (run: {info.get('state', {}).get(key)!r}, now: {value!r})")
+    if info.get("task") == task.name:  # else its state is another task's, and the task differs already
+        differs += [f"{name} derived from the data (run: {saved_value!r}, now: {value!r})"
+                    for name, saved_value, value in read_state(task, info, saved_file).differences(prepared.state)]
     if differs:
         raise UsageError(f"--resume would continue {workdir} with a different command: {'; '.join(differs)}; rerun "
                          f"with the run's options (its ftune.yaml), or start a new run with another --output-dir")
@@ -325,7 +326,7 @@ def sharded_training(config: TrainConfig) -> bool:
     return data.get("distributed_type") in ("FSDP", "DEEPSPEED")
 
 
-def build_trainer(task, config: TrainConfig, state: dict[str, Any], output_dir: Path, model, tokenizer, train_ds,
+def build_trainer(task, config: TrainConfig, state: TaskState, output_dir: Path, model, tokenizer, train_ds,
                   eval_ds, compute_metrics, precision: str, run_name: Optional[str] = None,
                   extra_callbacks: Sequence[Any] = ()):
     """The task's Trainer with ftune's defaults: dynamic padding, length-grouped batches, evaluation and a

@@ -366,7 +366,7 @@ def weighted_loss_by_hand(run, rows: list[dict]) -> float:
     from ftune.rundir import open_run
 
     finished = open_run(run)
-    labels, weights = finished.state["labels"], finished.state["class_weights"]
+    labels, weights = finished.state.labels, finished.state.class_weights
     model, tokenizer = load_run_model(finished).eval(), load_run_tokenizer(finished)
     total, weight_sum = 0.0, 0.0
     for row in rows:   # one row at a time: no padding, nothing shared between rows

@@ -176,7 +176,7 @@ def test_plain_text_is_packed_and_learned(ftune, tiny_gpt2, lm_data, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     rows = Dataset.from_dict({"text": tiny_models.corpus(50, seed=3)})
-    state = {"columns": {"text": "text"}, "mode": "text", "block_size": 32}
+    state = TASK.state_class(columns={"text": "text"}, mode="text", context=256, block_size=32, max_length=256)
     features = TASK.features(None, tokenizer, rows, state, purpose="train")
     assert len(features) > 1
     assert all(len(ids) == 32 for ids in features["input_ids"])

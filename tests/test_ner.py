@@ -284,7 +284,7 @@ def test_a_sentence_many_times_longer_than_max_length_gets_a_tag_for_every_word(
     # The windows: several per long sentence, none longer than --max-length, each word predicted in one.
     tokenizer = AutoTokenizer.from_pretrained(run)
     config = resolve_config(TASK.options_class, layers=[("test", {"data": "x", "max_length": 16})])
-    state = {"columns": {"tokens": "tokens", "tags": "tags"}, "labels": ["B-ANI", "B-LOC", "I-ANI", "O"]}
+    state = TASK.state_class(columns={"tokens": "tokens", "tags": "tags"}, labels=["B-ANI", "B-LOC", "I-ANI", "O"])
     features = TASK.features(config, tokenizer, datasets.Dataset.from_list([rows[-1]]), state, purpose="eval")
     assert len(features) > 5 and all(len(ids) <= 16 for ids in features["input_ids"])
     predicted_words = sorted(w for positions in features["word_index"] for w in positions if w >= 0)
@@ -393,7 +393,7 @@ def test_hub_layout_with_class_label_ids(tmp_path, tiny_bert, ftune):
                          validation=datasets.Dataset.from_list(rows[30:], features=features)).save_to_disk(folder)
     _, columns, state = _layout(str(folder))
     assert columns == {"tokens": "tokens", "tags": "ner_tags"}
-    assert state["labels"] == names  # the ClassLabel's names, in id order (I-LOC is never used, still kept)
+    assert state.labels == names  # the ClassLabel's names, in id order (I-LOC is never used, still kept)
     run = tmp_path / "run"
     result = ftune("ner", "--model", tiny_bert, "--data", folder, "--output-dir", run, "--max-steps", "2",
                    "--batch-size", "8")
@@ -408,7 +408,7 @@ def test_jsonl_csv_and_tsv_layouts(tmp_path):
     jsonl = write_jsonl(tmp_path / "rows.jsonl", [{"words": t, "labels": g} for t, g in rows])
     source, columns, state = _layout(str(jsonl))
     assert columns == {"tokens": "words", "tags": "labels"}
-    assert state["labels"] == sorted({x for _, g in rows for x in g})
+    assert state.labels == sorted({x for _, g in rows for x in g})
 
     import csv
 

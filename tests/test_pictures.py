@@ -210,10 +210,11 @@ def test_a_log_history_without_losses_is_refused():
 def test_a_task_that_fails_to_name_its_pictures_costs_a_warning(capsys):
     from ftune.pictures import task_pictures
     from ftune.tasks.base import Evaluation
-    from ftune.tasks.classify import TASK
+    from ftune.tasks.classify import TASK, ClassifyState
 
     evaluation = Evaluation(metrics={}, predictions=[], details={"confusion_matrix": {"labels": ["a"]}})
-    assert task_pictures(TASK, None, {}, evaluation) == []
+    state = ClassifyState(columns={"text": "text", "text_pair": None, "label": "label"}, labels=["a"])
+    assert task_pictures(TASK, None, state, evaluation) == []
     assert capsys.readouterr().err == ("warning: could not draw the classify pictures (KeyError: 'matrix'); the run "
                                        "itself is not affected\n")
 

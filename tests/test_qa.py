@@ -106,8 +106,8 @@ def test_hub_jsonl_and_nested_squad_files_load_alike(tmp_path):
     assert [(r["id"], r["question"], r["context"]) for r in v2] == [(r["id"], r["question"], r["context"])
                                                                     for r in hub]
     assert v1["answers"] == [r["answers"] for r in v1_rows] and v1[0]["title"] == "Capitals"
-    assert _state(TASK, v1)["version_2"] is False
-    assert _state(TASK, v2)["version_2"] is True and _state(TASK, hub)["version_2"] is True
+    assert _state(TASK, v1).version_2 is False
+    assert _state(TASK, v2).version_2 is True and _state(TASK, hub).version_2 is True
 
 
 def test_nested_squad_folder_gives_train_and_validation(tmp_path):

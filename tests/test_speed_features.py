@@ -94,7 +94,7 @@ def test_tokenised_features_are_read_back_from_the_cache(tiny_bert, tmp_path):
     task = get_task("classify")
     config = resolve_config(task.options_class, layers=[("t", {"data": "x", "model": str(tiny_bert)})])
     tokenizer = task.load_tokenizer(config)
-    state = {"columns": {"text": "text", "text_pair": None, "label": "label"}, "labels": ["0", "1"]}
+    state = task.state_class(columns={"text": "text", "text_pair": None, "label": "label"}, labels=["0", "1"])
     first = task.features(config, tokenizer, rows, state, purpose="train")
     again = task.features(config.replace(output_dir="elsewhere"), tokenizer, rows, state, purpose="train")
     assert first.cache_files and first.cache_files == again.cache_files  # the same cache file: not tokenised twice

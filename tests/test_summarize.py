@@ -139,7 +139,8 @@ def test_t5_prefix_is_applied_to_t5_only(t5_run, bart_lora_run, tiny_t5, tiny_ba
     rows = datasets.Dataset.from_list([{"document": "cat dog", "summary": "the cat."}])
     config = resolve_config(TASK.options_class, layers=[("test", {"data": "x", "max_length": 16,
                                                                   "max_target_length": 8})])
-    for model, state, expected in ((tiny_t5, t5_state, "summarize: cat dog"), (tiny_bart, bart_state, "cat dog")):
+    for model, saved, expected in ((tiny_t5, t5_state, "summarize: cat dog"), (tiny_bart, bart_state, "cat dog")):
+        state = TASK.state_class.from_dict(saved)   # as `ftune eval` reads it from ftune.yaml
         tokenizer = AutoTokenizer.from_pretrained(model)
         features = TASK.features(config, tokenizer, rows, state, purpose="eval")
         assert features[0]["input_ids"] == tokenizer(expected)["input_ids"]
@@ -158,7 +159,7 @@ def test_source_prefix_can_be_set_or_emptied(tiny_t5, tiny_bart, docs_file):
         flags = {"data": str(docs_file), "model": str(model), "source_prefix": given}
         config = resolve_config(TASK.options_class, layers=[("flags", flags)])
         state = TASK.prepare_state(config, split, {"source": "document", "target": "summary"})
-        assert state["source_prefix"] == expected
+        assert state.source_prefix == expected
 
 
 def test_long_sources_are_truncated_with_a_note(t5_run):

@@ -91,10 +91,11 @@ def nllb_run(tmp_path_factory, tiny_nllb, pairs_tsv):
                      "--source-lang", "eng_Latn", "--target-lang", "fra_Latn", *FAST, "--max-steps", "10")
 
 
-def run_state(run: Path) -> dict:
-    import yaml
+def run_state(run: Path):
+    """The run's task state, read back from its ftune.yaml as `ftune eval` reads it."""
+    from ftune.rundir import open_run
 
-    return yaml.safe_load((run / "ftune.yaml").read_text())["run"]["state"]
+    return open_run(run).state
 
 
 # ---- a T5 run on the Hub layout -------------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_t5_prefix_names_the_languages(t5_run, tiny_t5):
     from ftune.tasks.translate import TASK
 
     state = run_state(t5_run.path)
-    assert state["source_prefix"] == "translate English to French: " and state["layout"] == "translation"
+    assert state.source_prefix == "translate English to French: " and state.layout == "translation"
     config = resolve_config(TASK.options_class, layers=[("test", {"data": "x", "max_length": 64})])
     tokenizer = AutoTokenizer.from_pretrained(tiny_t5)
     rows = datasets.Dataset.from_list(hub_rows(1))
@@ -198,9 +199,9 @@ def test_nllb_language_codes_reach_tokenizer_and_generation(nllb_run, tiny_nllb)
     source_id, target_id = tokenizer.convert_tokens_to_ids(["eng_Latn", "fra_Latn"])
     assert source_id != tokenizer.unk_token_id and target_id != tokenizer.unk_token_id
     state = run_state(nllb_run.path)
-    assert state["tokenizer_languages"] == {"src_lang": "eng_Latn", "tgt_lang": "fra_Latn"}
-    assert state["generation"] == {"forced_bos_token_id": target_id} and state["source_prefix"] == ""
-    assert state["columns"] == {"source": "source", "target": "target"}  # a headerless .tsv
+    assert state.tokenizer_languages == {"src_lang": "eng_Latn", "tgt_lang": "fra_Latn"}
+    assert state.generation == {"forced_bos_token_id": target_id} and state.source_prefix == ""
+    assert state.columns == {"source": "source", "target": "target"}  # a headerless .tsv
     assert read_json(nllb_run.path / "generation_config.json")["forced_bos_token_id"] == target_id
 
     # Sources start with the source code, targets with the target code (a fresh tokenizer set up by the task).
@@ -337,7 +338,7 @@ def test_lora_round_trip_and_merge_give_equal_outputs(tiny_t5, tmp_path, ftune):
                    "10", "--lr", "1e-2")
     assert result.exit_code == 0, result
     assert "no --source-lang/--target-lang: T5 gets no" in result.stderr  # a note, not an error
-    assert run_state(run)["source_prefix"] == ""
+    assert run_state(run).source_prefix == ""
     assert read_json(run / "adapter_config.json")["task_type"] == "SEQ_2_SEQ_LM"
     assert not (run / "model.safetensors").exists()
 

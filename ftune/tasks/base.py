@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from ftune.config import TaskOptions, TrainConfig
 from ftune.errors import UsageError
+from ftune.tasks.state import TaskState
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Task:
     name: str
     summary: str                        # the command's help line
     options_class: type[TaskOptions] = TaskOptions
+    state_class: type[TaskState] = TaskState  # what `prepare_state` derives; saved in ftune.yaml (ftune.tasks.state)
     model_class: str                    # transformers auto class, e.g. "AutoModelForSequenceClassification"
     peft_model_class: str               # peft auto class, e.g. "AutoPeftModelForSequenceClassification"
     peft_task_type: str                 # peft TaskType name, e.g. "SEQ_CLS"
@@ -95,17 +97,18 @@ class Task:
         """A function giving each row's class for a stratified carve, or None."""
         return None
 
-    def prepare_state(self, config: TrainConfig, split, columns: dict[str, Optional[str]]) -> dict[str, Any]:
-        """Check the rows and derive what the run must remember (labels, columns); saved in ftune.yaml."""
-        return {"columns": columns}
+    def prepare_state(self, config: TrainConfig, split, columns: dict[str, Optional[str]]) -> TaskState:
+        """Check the rows and derive what the run must remember (columns, labels): a `state_class`, saved in
+        ftune.yaml and given to every other task method as `state`."""
+        return self.state_class(columns=columns)
 
-    def metric_module_for(self, state: dict[str, Any]) -> Optional[str]:
+    def metric_module_for(self, state: TaskState) -> Optional[str]:
         """The ftune.metrics module that scores this run (None: the task computes its figures itself)."""
         return self.metric_module
 
-    def check_rows(self, config: TrainConfig, state: dict[str, Any], rows, where: str) -> None:
+    def check_rows(self, config: TrainConfig, state: TaskState, rows, where: str) -> None:
         """Raise UsageError if rows given to `ftune eval --data` cannot be scored by this run."""
-        missing = [c for c in state.get("columns", {}).values() if c and c not in rows.column_names]
+        missing = [c for c in state.columns.values() if c and c not in rows.column_names]
         if missing:
             raise UsageError(f"{where} has no column {', '.join(missing)}, which this run reads; the columns are: "
                              f"{', '.join(rows.column_names)}")
@@ -126,7 +129,7 @@ class Task:
 
         return ModelSource.parse(config.model)
 
-    def base_model_kwargs(self, state: dict[str, Any]) -> dict[str, Any]:
+    def base_model_kwargs(self, state: TaskState) -> dict[str, Any]:
         """Extra from_pretrained arguments for the base model (e.g. num_labels)."""
         return {}
 
@@ -146,14 +149,14 @@ class Task:
             raise UsageError(f"--max-length {config.max_length} is above the {min(limits)} tokens {config.model} "
                              f"takes; pass --max-length {min(limits)} or less")
 
-    def load_model(self, config: TrainConfig, tokenizer, state: dict[str, Any]):
+    def load_model(self, config: TrainConfig, tokenizer, state: TaskState):
         from ftune.precision import quantization_kwargs
 
         return self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
                                                     **quantization_kwargs(config))
 
     # ---- features and training --------------------------------------------------------------------
-    def features(self, config: TrainConfig, tokenizer, rows, state: dict[str, Any], *, purpose: str):
+    def features(self, config: TrainConfig, tokenizer, rows, state: TaskState, *, purpose: str):
         """Model features of `rows`; `purpose` is "train", "eval" (with references) or "predict" (without)."""
         raise NotImplementedError
 
@@ -172,21 +175,21 @@ class Task:
 
         return FtuneTrainer
 
-    def trainer_kwargs(self, config: TrainConfig, state: dict[str, Any]) -> dict[str, Any]:
+    def trainer_kwargs(self, config: TrainConfig, state: TaskState) -> dict[str, Any]:
         """Constructor arguments of the task's Trainer class beyond the standard ones."""
         return {}
 
     # ---- scoring: supplied by each task -------------------------------------------------------------
-    def decode(self, config: TrainConfig, tokenizer, state: dict[str, Any], rows, features,
+    def decode(self, config: TrainConfig, tokenizer, state: TaskState, rows, features,
                predictions) -> list[dict[str, Any]]:
         """One output per row of `rows` from the raw predictions of `features`: {"prediction": ..., extras}."""
         raise NotImplementedError
 
-    def references(self, config: TrainConfig, state: dict[str, Any], rows) -> list[Any]:
+    def references(self, config: TrainConfig, state: TaskState, rows) -> list[Any]:
         """The reference answer of each row, as eval_predictions.jsonl shows it."""
         raise NotImplementedError
 
-    def metrics(self, config: TrainConfig, state: dict[str, Any], outputs: list[dict[str, Any]],
+    def metrics(self, config: TrainConfig, state: TaskState, outputs: list[dict[str, Any]],
                 references: list[Any], features) -> Scores:
         """Scores of `outputs` against `references` (metric names without "eval_")."""
         raise NotImplementedError
@@ -199,7 +202,7 @@ class Task:
         order = length_order(inputs)
         return inputs.select(order), order
 
-    def metrics_function(self, config: TrainConfig, tokenizer, state: dict[str, Any], rows, features,
+    def metrics_function(self, config: TrainConfig, tokenizer, state: TaskState, rows, features,
                          order: list[int]):
         """The Trainer's compute_metrics for the evaluations during training, bound to the held-out rows; the
         Trainer scores `scoring_inputs(features)`, whose `order` is undone before decoding."""
@@ -213,7 +216,7 @@ class Task:
 
         return compute
 
-    def evaluate(self, config: TrainConfig, trainer, tokenizer, state: dict[str, Any], rows, ids: list[Any],
+    def evaluate(self, config: TrainConfig, trainer, tokenizer, state: TaskState, rows, ids: list[Any],
                  features=None) -> Evaluation:
         """Score `rows` (raw rows with references) with the trainer's model; `ids` name the rows. `features`:
         the rows' eval features when already made."""
@@ -234,7 +237,7 @@ class Task:
         return Evaluation(metrics=metrics, predictions=predictions, details=scores.details, table=scores.table)
 
     # ---- the one predict path ---------------------------------------------------------------------
-    def inputs_from_options(self, config: TrainConfig, state: dict[str, Any],
+    def inputs_from_options(self, config: TrainConfig, state: TaskState,
                             options: dict[str, list[str]]) -> list[dict[str, Any]]:
         """Input rows (keyed by the run's column names) from the values of the task's `predict_inputs`."""
         raise UsageError(f"ftune predict does not serve {self.name} runs; use ftune generate with them")
@@ -256,11 +259,11 @@ class Task:
         if problems:
             raise UsageError(f"invalid predict settings: {'; '.join(problems)}")
 
-    def check_inputs(self, config: TrainConfig, state: dict[str, Any], inputs: list[dict[str, Any]],
+    def check_inputs(self, config: TrainConfig, state: TaskState, inputs: list[dict[str, Any]],
                      names: list[str]) -> None:
         """Raise UsageError naming the first unusable input row (`names` say how the user knows each row)."""
 
-    def predict(self, config: TrainConfig, trainer, tokenizer, state: dict[str, Any],
+    def predict(self, config: TrainConfig, trainer, tokenizer, state: TaskState,
                 inputs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
         """Each input row with the task's prediction fields added."""
         import datasets
@@ -278,17 +281,17 @@ class Task:
         return dict(output)
 
     # ---- pictures and the model card ---------------------------------------------------------------
-    def pictures(self, config: TrainConfig, state: dict[str, Any], evaluation: Evaluation) -> list:
+    def pictures(self, config: TrainConfig, state: TaskState, evaluation: Evaluation) -> list:
         """The task's own pictures of an evaluation (ftune.pictures.Picture), drawn into the run after training
         and by `ftune eval`, from `evaluation.details` or `evaluation.predictions`; the learning curves every
         run gets are drawn by the spine."""
         return []
 
-    def model_card_facts(self, config: TrainConfig, state: dict[str, Any]) -> list[str]:
+    def model_card_facts(self, config: TrainConfig, state: TaskState) -> list[str]:
         """Markdown lines the task adds to the model card's summary (e.g. its problem type, class weights)."""
         return []
 
-    def model_card_usage(self, config: TrainConfig, state: dict[str, Any], run_path: str) -> str:
+    def model_card_usage(self, config: TrainConfig, state: TaskState, run_path: str) -> str:
         """Python that loads the trained model, for the model card."""
         cls = self.peft_model_class if config.lora else self.model_class
         module = "peft" if config.lora else "transformers"

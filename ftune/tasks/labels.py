@@ -105,6 +105,11 @@ def label_config(labels: list[str]) -> dict[str, Any]:
             "label2id": {name: i for i, name in enumerate(labels)}}
 
 
+def labels_fact(labels: list[str]) -> str:
+    """The model card's line naming a run's classes (or tags), in id order."""
+    return f"**Labels:** {', '.join(map(str, labels))}"
+
+
 # ---- label sets: several classes per row (multi-label classification) --------------------------------
 
 

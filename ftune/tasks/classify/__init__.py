@@ -9,6 +9,7 @@ ftune.tasks.classify.weights), through the task's Trainer (ftune.tasks.classify.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,8 +25,9 @@ from ftune.data import (
 )
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
-from ftune.tasks.classify.problems import MULTI_LABEL, PROBLEMS, REGRESSION, SINGLE_LABEL
+from ftune.tasks.classify.problems import MULTI_LABEL, PROBLEMS, REGRESSION, SINGLE_LABEL, ClassifyState
 from ftune.tasks.classify.weights import parse_weight_spec, resolve_class_weights
+from ftune.tasks.labels import labels_fact
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "review", "content", "document")
 PAIR_OF = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "question": "sentence"}
@@ -86,15 +88,16 @@ class ClassifyOptions(TaskOptions):
         return []
 
 
-def problem_of(state):
-    """The run's problem type; runs made before problem types existed are single-label."""
-    return PROBLEMS[state.get("problem_type", SINGLE_LABEL)]
+def problem_of(state: ClassifyState):
+    """The run's problem type (ftune.tasks.classify.problems)."""
+    return PROBLEMS[state.problem_type]
 
 
 class ClassifyTask(Task):
     name = "classify"
     summary = "Fine-tune sequence classification: single-label, multi-label or regression (texts or pairs)."
     options_class = ClassifyOptions
+    state_class = ClassifyState
     model_class = "AutoModelForSequenceClassification"
     peft_model_class = "AutoPeftModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
@@ -133,17 +136,19 @@ class ClassifyTask(Task):
         problem = PROBLEMS[opts.problem_type]
         check_split_text(split, _text_options(columns))
         check_split_filled(split, _required_columns(columns, problem))
-        state = {"columns": columns, "problem_type": problem.name, **problem.prepare(config, split, columns["label"])}
+        state = ClassifyState(columns=columns, problem_type=problem.name,
+                              labels=problem.prepare(config, split, columns["label"]))
         if opts.class_weights:
-            state["class_weights"] = resolve_class_weights(opts.class_weights, state["labels"],
-                                                           problem.references(config, state, split.train))
+            weights = resolve_class_weights(opts.class_weights, state.labels,
+                                            problem.references(config, state, split.train))
+            state = dataclasses.replace(state, class_weights=weights)
         return state
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
         problem = problem_of(state)
-        check_text_columns(rows, _text_options(state["columns"]), where)
-        check_no_missing(rows, _required_columns(state["columns"], problem), where)
+        check_text_columns(rows, _text_options(state.columns), where)
+        check_no_missing(rows, _required_columns(state.columns, problem), where)
         problem.check_rows(config, state, rows, where)
 
     # ---- model ------------------------------------------------------------------------------------
@@ -156,12 +161,12 @@ class ClassifyTask(Task):
         return ClassifyTrainer
 
     def trainer_kwargs(self, config, state):
-        weights = state.get("class_weights")
-        return {"class_weights": [weights[name] for name in state["labels"]]} if weights else {}
+        weights = state.class_weights
+        return {"class_weights": [weights[name] for name in state.labels]} if weights else {}
 
     # ---- features ---------------------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
-        columns, max_length = state["columns"], config.max_length
+        columns, max_length = state.columns, config.max_length
         problem = problem_of(state)
         labelled = purpose != "predict" and columns["label"] in rows.column_names
         targets = problem.model_labels(state, problem.references(config, state, rows)) if labelled else None
@@ -191,7 +196,7 @@ class ClassifyTask(Task):
     # ---- inference --------------------------------------------------------------------------------
     def inputs_from_options(self, config, state, options):
         texts, pairs = options.get("texts") or [], options.get("text_pairs") or []
-        columns = state["columns"]
+        columns = state.columns
         if not texts:
             raise UsageError("nothing to predict: pass --text (repeatable) or --input FILE")
         if pairs and len(pairs) != len(texts):
@@ -205,7 +210,7 @@ class ClassifyTask(Task):
         return rows
 
     def check_inputs(self, config, state, inputs, names):
-        columns = state["columns"]
+        columns = state.columns
         needed = [c for c in (columns["text"], columns["text_pair"]) if c]
         missing = [c for c in needed if c not in inputs[0]]
         if missing:
@@ -230,14 +235,14 @@ class ClassifyTask(Task):
 
     def model_card_facts(self, config, state):
         problem = problem_of(state)
-        facts = []
+        facts = [labels_fact(state.labels)] if state.labels else []
         if problem.name == MULTI_LABEL:
             facts.append(f"**Problem type:** multi-label (a sigmoid per label; predicted from probability "
                          f"{config.task_options.threshold:g})")
         elif problem.name == REGRESSION:
-            facts.append(f"**Problem type:** regression of column `{state['columns']['label']}` (mean squared "
+            facts.append(f"**Problem type:** regression of column `{state.columns['label']}` (mean squared "
                          "error)")
-        weights = state.get("class_weights")
+        weights = state.class_weights
         if weights:
             shown = ", ".join(f"{name} {weight:.4g}" for name, weight in weights.items())
             facts.append(f"**Class weights** (`{config.task_options.class_weights}`, in the cross-entropy loss): "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from ftune import console
@@ -35,8 +36,18 @@ from ftune.tasks.labels import (
     row_labels,
     variant_key,
 )
+from ftune.tasks.state import TaskState, saved_when_set
 
 SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single-label", "multi-label", "regression"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifyState(TaskState):
+    """What a classify run derives: its columns (text, text_pair, label), its problem type, its classes."""
+
+    problem_type: str = SINGLE_LABEL            # runs made before problem types existed are single-label
+    labels: Optional[list[str]] = saved_when_set()              # class names in id order (none for regression)
+    class_weights: Optional[dict[str, float]] = saved_when_set()  # each class's weight in the loss (--class-weights)
 
 
 class Problem:
@@ -51,8 +62,9 @@ class Problem:
         """A function giving each row's stratum for the held-out carve, or None for a plain random carve."""
         return None
 
-    def prepare(self, config, split, column: str) -> dict[str, Any]:
-        """Check the label column of the training and held-out rows; what the run must remember (labels)."""
+    def prepare(self, config, split, column: str) -> Optional[list[str]]:
+        """Check the label column of the training and held-out rows; the class names in id order (None: no
+        classes)."""
         raise NotImplementedError
 
     def check_rows(self, config, state, rows, where: str) -> None:
@@ -136,33 +148,34 @@ class SingleLabel(Problem):
         if len(labels) < 2:
             raise UsageError(f"the training rows have one class only ({labels[0]!r} in column '{column}'); "
                              "classification needs at least two")
-        check_unseen(self.references(config, {"labels": labels, "columns": {"label": column}}, split.eval), labels)
+        seen = ClassifyState(columns={"label": column}, problem_type=self.name, labels=labels)
+        check_unseen(self.references(config, seen, split.eval), labels)
         fractional = [v for v in values if isinstance(v, float) and not float(v).is_integer()]
         if fractional:
             console.warn(f"column '{column}' holds fractional numbers ({fractional[0]}, ...), each taken as a class; "
                          "for a numeric target pass --problem-type regression")
-        return {"labels": labels}
+        return labels
 
     def check_rows(self, config, state, rows, where):
-        check_known(self.references(config, state, rows), state["labels"], where)
+        check_known(self.references(config, state, rows), state.labels, where)
 
     def references(self, config, state, rows):
-        names = row_labels(rows, state["columns"]["label"])
+        names = row_labels(rows, state.columns["label"])
         if merging(config):
-            rename = merged_names(state["labels"])
+            rename = merged_names(state.labels)
             return [rename(name) for name in names]
         return names
 
     def model_labels(self, state, references):
-        index = {name: i for i, name in enumerate(state["labels"])}
+        index = {name: i for i, name in enumerate(state.labels)}
         return [index[name] for name in references]
 
     def model_kwargs(self, state):
         # ignore_mismatched_sizes: a checkpoint already tuned on other labels gets a new head.
-        return {**label_config(state["labels"]), "ignore_mismatched_sizes": True}
+        return {**label_config(state.labels), "ignore_mismatched_sizes": True}
 
     def decode(self, config, state, predictions):
-        labels = state["labels"]
+        labels = state.labels
         probs = softmax(first_array(predictions))
         best = probs.argmax(-1)
         return [{"prediction": labels[k], "score": float(probs[i, k])} for i, k in enumerate(best.tolist())]
@@ -170,7 +183,7 @@ class SingleLabel(Problem):
     def scores(self, state, outputs, references):
         from ftune.metrics import load_metric
 
-        labels = state["labels"]
+        labels = state.labels
         index = {name: i for i, name in enumerate(labels)}
         scores = load_metric(self.metric_module).compute(
             predictions=[index[o["prediction"]] for o in outputs], references=[index[r] for r in references],
@@ -185,14 +198,14 @@ class SingleLabel(Problem):
                    "confusion matrix")])
         return Scores(metrics={k: v for k, v in scores.items() if isinstance(v, float)}, details=details, table=table)
 
-
-# ---- multi-label -------------------------------------------------------------------------------------
-
     def pictures(self, state, evaluation):
         from ftune.pictures import confusion_matrix_picture
 
         found = evaluation.details.get("confusion_matrix")
         return [confusion_matrix_picture(found["labels"], found["matrix"])] if found else []
+
+
+# ---- multi-label -------------------------------------------------------------------------------------
 
 
 class MultiLabel(Problem):
@@ -226,38 +239,38 @@ class MultiLabel(Problem):
         if not labels:
             raise UsageError(f"no training row has a label in column '{column}'; give each row a JSON list of "
                              f"labels or '{separator}'-separated labels (--label-separator)")
-        state = {"labels": labels, "columns": {"label": column}}
-        check_unseen([name for names in self._label_sets(config, state, split.eval) for name in names], labels)
-        return {"labels": labels}
+        seen = ClassifyState(columns={"label": column}, problem_type=self.name, labels=labels)
+        check_unseen([name for names in self._label_sets(config, seen, split.eval) for name in names], labels)
+        return labels
 
     def check_rows(self, config, state, rows, where):
         sets = self._label_sets(config, state, rows)
-        check_known([name for names in sets for name in names], state["labels"], where)
+        check_known([name for names in sets for name in names], state.labels, where)
 
     def references(self, config, state, rows):
-        index = {name: i for i, name in enumerate(state["labels"])}
+        index = {name: i for i, name in enumerate(state.labels)}
         return [sorted(names, key=index.__getitem__) for names in self._label_sets(config, state, rows)]
 
     def _label_sets(self, config, state, rows) -> list[list[str]]:
         """Each row's label names, merged variants named as the run names them."""
-        sets = row_label_sets(rows, state["columns"]["label"], config.task_options.label_separator)
+        sets = row_label_sets(rows, state.columns["label"], config.task_options.label_separator)
         if merging(config):
-            rename = merged_names(state["labels"])
+            rename = merged_names(state.labels)
             sets = [list(dict.fromkeys(rename(name) for name in names)) for names in sets]
         return sets
 
     def model_labels(self, state, references):
         # Floats: binary cross-entropy reads the 0/1 targets as probabilities.
-        return [indicators(names, state["labels"], float) for names in references]
+        return [indicators(names, state.labels, float) for names in references]
 
     def model_kwargs(self, state):
-        return {**label_config(state["labels"]), "problem_type": "multi_label_classification",
+        return {**label_config(state.labels), "problem_type": "multi_label_classification",
                 "ignore_mismatched_sizes": True}
 
     def decode(self, config, state, predictions):
         import numpy as np
 
-        labels, threshold = state["labels"], config.task_options.threshold
+        labels, threshold = state.labels, config.task_options.threshold
         logits = np.asarray(first_array(predictions), dtype=np.float64)
         probs = np.exp(-np.logaddexp(0.0, -logits))  # the sigmoid, without overflow for large |logits|
         return [{"prediction": [name for name, p in zip(labels, row) if p >= threshold],
@@ -266,7 +279,7 @@ class MultiLabel(Problem):
     def scores(self, state, outputs, references):
         from ftune.metrics import load_metric
 
-        labels = state["labels"]
+        labels = state.labels
         scores = load_metric(self.metric_module).compute(
             predictions=[indicators(o["prediction"], labels, int) for o in outputs],
             references=[indicators(names, labels, int) for names in references])
@@ -299,19 +312,19 @@ class Regression(Problem):
     def prepare(self, config, split, column):
         numeric_targets(split.train, column, "the training split", split.train_names)
         numeric_targets(split.eval, column, "the held-out split", split.eval_names)
-        return {}
+        return None
 
     def check_rows(self, config, state, rows, where):
-        numeric_targets(rows, state["columns"]["label"], where, row_ids(rows, range(len(rows))))
+        numeric_targets(rows, state.columns["label"], where, row_ids(rows, range(len(rows))))
 
     def references(self, config, state, rows):
-        return numeric_targets(rows, state["columns"]["label"], "the rows")
+        return numeric_targets(rows, state.columns["label"], "the rows")
 
     def model_labels(self, state, references):
         return references
 
     def model_kwargs(self, state):
-        column = state["columns"]["label"]
+        column = state.columns["label"]
         return {"num_labels": 1, "id2label": {0: column}, "label2id": {column: 0}, "problem_type": "regression",
                 "ignore_mismatched_sizes": True}
 
@@ -334,7 +347,7 @@ class Regression(Problem):
         rows = evaluation.predictions
         return [predicted_vs_true_picture("predicted_vs_true.png", "Predicted against true values",
                                           [r["reference"] for r in rows], [r["prediction"] for r in rows],
-                                          state["columns"]["label"])] if rows else []
+                                          state.columns["label"])] if rows else []
 
 
 def numeric_targets(rows, column: str, where: str, ids: Optional[list] = None) -> list[float]:

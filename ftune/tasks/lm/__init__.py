@@ -21,6 +21,7 @@ from ftune.config import TaskOptions, option
 from ftune.data import check_no_missing, check_split_text, check_text_columns, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores, Task
+from ftune.tasks.state import TaskState
 from ftune.tasks.lm.encoding import (
     data_mode,
     document_chunks,
@@ -66,10 +67,21 @@ class LMOptions(TaskOptions):
         return problems
 
 
+@dataclass(frozen=True, kw_only=True)
+class LMState(TaskState):
+    """What an lm run derives: its columns (text, prompt, completion, messages), its data shape, its lengths."""
+
+    mode: str                           # the data shape: text, completion or chat (ftune.tasks.lm.encoding)
+    context: int                        # the model's context in tokens
+    block_size: int                     # tokens per packed block of plain text
+    max_length: int                     # longest prompt + completion or chat, in tokens
+
+
 class LMTask(Task):
     name = "lm"
     summary = "Fine-tune a causal language model on plain text, prompt/completion pairs or chats."
     options_class = LMOptions
+    state_class = LMState
     model_class = "AutoModelForCausalLM"
     peft_model_class = "AutoPeftModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
@@ -128,12 +140,12 @@ class LMTask(Task):
                 check_no_missing(ds, [columns["completion"]], name, ids=ids)
             if mode == "chat":
                 check_no_missing(ds, [columns["messages"]], name, ids=ids)
-        return {"columns": columns, "mode": mode, "context": context,
-                "block_size": block_size or min(context, 1024), "max_length": min(config.max_length, context)}
+        return LMState(columns=columns, mode=mode, context=context, block_size=block_size or min(context, 1024),
+                       max_length=min(config.max_length, context))
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
-        check_text_columns(rows, _text_options(state["columns"]), where)
+        check_text_columns(rows, _text_options(state.columns), where)
 
     # ---- model ------------------------------------------------------------------------------------
     def check_input_length(self, config, tokenizer):
@@ -152,15 +164,15 @@ class LMTask(Task):
 
     # ---- features ---------------------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
-        columns, mode = state["columns"], state["mode"]
+        columns, mode = state.columns, state.mode
         if mode == "text":
             texts = column_list(rows, columns["text"])
             if purpose == "train":
-                return pack_blocks(tokenizer, texts, state["block_size"])
-            return document_chunks(tokenizer, texts, state["block_size"])
+                return pack_blocks(tokenizer, texts, state.block_size)
+            return document_chunks(tokenizer, texts, state.block_size)
         if mode == "completion":
             def encode(batch):
-                pairs = [encode_completion(tokenizer, p or "", c, state["max_length"])
+                pairs = [encode_completion(tokenizer, p or "", c, state.max_length)
                          for p, c in zip(batch[columns["prompt"]], batch[columns["completion"]])]
                 return {"input_ids": [ids for ids, _ in pairs], "labels": [labels for _, labels in pairs],
                         "attention_mask": [[1] * len(ids) for ids, _ in pairs]}
@@ -168,7 +180,7 @@ class LMTask(Task):
             require_chat_template(tokenizer)
 
             def encode(batch):
-                pairs = [encode_chat(tokenizer, list(m), state["max_length"]) for m in batch[columns["messages"]]]
+                pairs = [encode_chat(tokenizer, list(m), state.max_length) for m in batch[columns["messages"]]]
                 return {"input_ids": [ids for ids, _ in pairs], "labels": [labels for _, labels in pairs],
                         "attention_mask": [[1] * len(ids) for ids, _ in pairs]}
         return tokenize_rows(rows, encode, config, desc="tokenizing")
@@ -193,7 +205,7 @@ class LMTask(Task):
 
     def trainer_kwargs(self, config, state):
         # Plain text is already packed into full blocks; the other shapes pack at batch time.
-        return {"packing": bool(state) and config.task_options.packing and state.get("mode") != "text"}
+        return {"packing": config.task_options.packing and state.mode != "text"}
 
     # ---- scoring ----------------------------------------------------------------------------------
     def decode(self, config, tokenizer, state, rows, features, predictions):
@@ -207,15 +219,15 @@ class LMTask(Task):
                 for total, tokens in sums]
 
     def references(self, config, state, rows):
-        if state["mode"] == "completion":
-            return column_list(rows, state["columns"]["completion"])
+        if state.mode == "completion":
+            return column_list(rows, state.columns["completion"])
         return [None] * len(rows)
 
     def metrics(self, config, state, outputs, references, features):
         count = sum(o["tokens"] for o in outputs)
         loss = sum(o["loss_sum"] for o in outputs) / max(count, 1)
         figures = {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
-        if state["mode"] == "text":
+        if state.mode == "text":
             figures["blocks"] = len(features)
         return Scores(metrics=figures)
 

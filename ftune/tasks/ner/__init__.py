@@ -19,8 +19,17 @@ from ftune.config import TaskOptions, option
 from ftune.data import check_split_filled, check_split_text, column_list, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, Scores, Task, first_array, softmax
-from ftune.tasks.labels import check_known, class_names, feature_names, label_config, merged_names, resolve_variants
+from ftune.tasks.labels import (
+    check_known,
+    class_names,
+    feature_names,
+    label_config,
+    labels_fact,
+    merged_names,
+    resolve_variants,
+)
 from ftune.tasks.ner.data import check_sentences, joined_spans, load_conll, row_tags, row_tokens, split_words, values
+from ftune.tasks.state import TaskState
 
 TOKENS_COLUMNS = ("tokens", "words")
 TAGS_COLUMNS = ("ner_tags", "tags", "labels")
@@ -49,10 +58,18 @@ class NerOptions(TaskOptions):
         return []
 
 
+@dataclass(frozen=True, kw_only=True)
+class NerState(TaskState):
+    """What a ner run derives: its columns (tokens, tags) and its tags."""
+
+    labels: list[str]                   # the tag names in id order
+
+
 class NerTask(Task):
     name = "ner"
     summary = "Fine-tune token classification (named entities, one tag per word)."
     options_class = NerOptions
+    state_class = NerState
     model_class = "AutoModelForTokenClassification"
     peft_model_class = "AutoPeftModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"  # peft then also trains and saves the classifier head
@@ -97,18 +114,18 @@ class NerTask(Task):
         if unseen:
             raise UsageError(f"held-out tags never seen in training: {', '.join(unseen[:10])}; add training rows "
                              f"with them or drop those rows (training tags: {', '.join(labels[:20])})")
-        return {"columns": columns, "labels": labels}
+        return NerState(columns=columns, labels=labels)
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
-        check_sentences(rows, state["columns"], where)
-        check_known({tag for sentence in self.references(config, state, rows) for tag in sentence}, state["labels"],
+        check_sentences(rows, state.columns, where)
+        check_known({tag for sentence in self.references(config, state, rows) for tag in sentence}, state.labels,
                     where)
 
     # ---- model ------------------------------------------------------------------------------------
     def base_model_kwargs(self, state):
         # ignore_mismatched_sizes: a checkpoint already tuned on other tags gets a new head.
-        return {**label_config(state["labels"]), "ignore_mismatched_sizes": True}
+        return {**label_config(state.labels), "ignore_mismatched_sizes": True}
 
     def load_model(self, config, tokenizer, state):
         from ftune.tasks.ner.windows import require_fast_tokenizer
@@ -123,7 +140,7 @@ class NerTask(Task):
         from ftune.tasks.ner.windows import encode_sentences, require_fast_tokenizer
 
         require_fast_tokenizer(tokenizer, "this run's model")
-        columns, labels = state["columns"], state["labels"]
+        columns, labels = state.columns, state.labels
         max_length, label_all_tokens = config.max_length, config.task_options.label_all_tokens
         label_ids = {name: i for i, name in enumerate(labels)}
         labelled = purpose != "predict" and columns["tags"] in rows.column_names
@@ -161,7 +178,7 @@ class NerTask(Task):
 
         from ftune.tasks.ner.windows import word_logits
 
-        labels, columns = state["labels"], state["columns"]
+        labels, columns = state.labels, state.columns
         words = sentence_words(rows, columns)
         texts = values(rows, TEXT_INPUT) if columns["tokens"] not in rows.column_names else None
         per_word = word_logits(column_list(features, "example_index"), column_list(features, "word_index"),
@@ -197,7 +214,7 @@ class NerTask(Task):
         return [{TEXT_INPUT: t} for t in texts]
 
     def check_inputs(self, config, state, inputs, names):
-        tokens = state["columns"]["tokens"]
+        tokens = state.columns["tokens"]
         key = tokens if tokens in inputs[0] else TEXT_INPUT if TEXT_INPUT in inputs[0] else None
         if key is None:
             raise UsageError(f"the input has no column '{tokens}' (a list of words) or '{TEXT_INPUT}' (free text); "
@@ -230,11 +247,14 @@ class NerTask(Task):
         return [label_scores_picture("entity_f1.png", "F1 per entity type", {k: f["f1"] for k, f in per_type.items()},
                                      "f1", support={k: f["support"] for k, f in per_type.items()})] if per_type else []
 
+    def model_card_facts(self, config, state):
+        return [labels_fact(state.labels)]
+
     def model_card_usage(self, config, state, run_path):
         if not config.lora:
             return (f"from transformers import pipeline\n\ntagger = pipeline(\"token-classification\", "
                     f"model=\"{run_path}\", aggregation_strategy=\"simple\")\ntagger(\"Ada Lovelace moved to Paris\")")
-        labels = state["labels"]
+        labels = state.labels
         return (f"from peft import AutoPeftModelForTokenClassification\nfrom transformers import AutoTokenizer\n\n"
                 f"labels = {labels!r}\n"
                 f"model = AutoPeftModelForTokenClassification.from_pretrained(\n    \"{run_path}\", "
@@ -255,9 +275,9 @@ class _BatchRows:
 
 def _tags(config, state, rows) -> list[list[str]]:
     """Each row's tag names, merged variants named as the run names them (--merge-label-variants)."""
-    tags = row_tags(rows, state["columns"]["tags"])
+    tags = row_tags(rows, state.columns["tags"])
     if getattr(config.task_options, "merge_label_variants", False):
-        rename = merged_names(state["labels"])
+        rename = merged_names(state.labels)
         tags = [[rename(tag) for tag in sentence] for sentence in tags]
     return tags
 

@@ -16,6 +16,7 @@ from ftune.data import check_split_filled, check_split_text, column_list, pick_c
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, Scores, Task
 from ftune.tasks.qa.data import check_rows, column_values, load_nested_squad, row_answers, text_options
+from ftune.tasks.state import TaskState
 
 QUESTION_COLUMNS = ("question", "questions", "query")
 CONTEXT_COLUMNS = ("context", "paragraph", "passage")
@@ -41,10 +42,18 @@ class QAOptions(TaskOptions):
     defaults = {"max_length": 384}
 
 
+@dataclass(frozen=True, kw_only=True)
+class QAState(TaskState):
+    """What a qa run derives: its columns (question, context, answers, answer_start) and its SQuAD version."""
+
+    version_2: bool                     # some questions have no answer (SQuAD v2): the model may answer ""
+
+
 class QATask(Task):
     name = "qa"
     summary = "Fine-tune extractive question answering (SQuAD v1.1 and v2.0 style)."
     options_class = QAOptions
+    state_class = QAState
     model_class = "AutoModelForQuestionAnswering"
     peft_model_class = "AutoPeftModelForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"  # peft then also trains and saves the qa_outputs head
@@ -82,11 +91,11 @@ class QATask(Task):
         for where, ds, ids in (("the training split", split.train, split.train_names),
                                ("the held-out split", split.eval, split.eval_names)):
             version_2 |= any(not texts for texts, _ in check_rows(ds, columns, where, ids))
-        return {"columns": columns, "version_2": version_2}
+        return QAState(columns=columns, version_2=version_2)
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
-        check_rows(rows, state["columns"], where)
+        check_rows(rows, state.columns, where)
 
     # ---- model ------------------------------------------------------------------------------------
     def load_model(self, config, tokenizer, state):
@@ -102,7 +111,7 @@ class QATask(Task):
         positions."""
         from ftune.tasks.qa.windows import encode_windows
 
-        columns, max_length, doc_stride = state["columns"], config.max_length, config.task_options.doc_stride
+        columns, max_length, doc_stride = state.columns, config.max_length, config.task_options.doc_stride
         question_key, context_key = _input_keys(columns, rows.column_names)
 
         def encode(batch, indices):
@@ -136,8 +145,8 @@ class QATask(Task):
 
         opts = config.task_options
         settings = SpanSettings(n_best=opts.n_best, max_answer_length=opts.max_answer_length,
-                                null_threshold=opts.null_threshold, version_2=state["version_2"])
-        _, context_key = _input_keys(state["columns"], rows.column_names)
+                                null_threshold=opts.null_threshold, version_2=state.version_2)
+        _, context_key = _input_keys(state.columns, rows.column_names)
         info = {c: column_list(features, c) for c in ("example_index", "offset_mapping", "cls_index")}
         answers = best_answers(column_list(rows, context_key), info["example_index"], info["offset_mapping"],
                                info["cls_index"], predictions[0], predictions[1], settings)
@@ -145,7 +154,7 @@ class QATask(Task):
                 for a in answers]
 
     def references(self, config, state, rows):
-        columns = state["columns"]
+        columns = state.columns
         return [row_answers(*values)[0] for values in zip(column_values(rows, columns["answers"]),
                                                           column_values(rows, columns["answer_start"]),
                                                           column_list(rows, columns["context"]))]
@@ -154,13 +163,13 @@ class QATask(Task):
         from ftune.metrics import load_metric
 
         scores = load_metric(self.metric_module).compute(predictions=[o["prediction"] for o in outputs],
-                                                         references=references, version_2=state["version_2"])
+                                                         references=references, version_2=state.version_2)
         return Scores(metrics={**scores, "windows": len(features)})
 
     # ---- inference --------------------------------------------------------------------------------
     def inputs_from_options(self, config, state, options):
         questions, contexts = options.get("questions") or [], options.get("contexts") or []
-        columns = state["columns"]
+        columns = state.columns
         if not questions:
             raise UsageError("nothing to predict: pass --question with --context, or --input FILE")
         if not contexts:
@@ -173,7 +182,7 @@ class QATask(Task):
         return [{columns["question"]: q, columns["context"]: c} for q, c in zip(questions, contexts)]
 
     def check_inputs(self, config, state, inputs, names):
-        question_key, context_key = _input_keys(state["columns"], list(inputs[0]))
+        question_key, context_key = _input_keys(state.columns, list(inputs[0]))
         for row, name in zip(inputs, names):
             for key, what in ((context_key, "context to answer from"), (question_key, "question")):
                 if not isinstance(row.get(key), str) or not row[key].strip():

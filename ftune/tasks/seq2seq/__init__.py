@@ -25,6 +25,7 @@ from ftune.data import (
 )
 from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
+from ftune.tasks.state import TaskState
 
 # Models pretrained with task prefixes; the others (BART, Pegasus, Marian ...) read the bare source.
 T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
@@ -50,10 +51,20 @@ class Seq2SeqOptions(TaskOptions):
         return []
 
 
+@dataclass(frozen=True, kw_only=True)
+class Seq2SeqState(TaskState):
+    """What a seq2seq run derives: its columns (source, target), the prefix of its sources, its model's limits."""
+
+    source_prefix: str                  # put before each source ('' for none); --source-prefix auto resolved
+    model_type: str                     # the model's type (t5, bart ...)
+    source_limit: Optional[int]         # the longest source the encoder takes (None: no fixed limit)
+
+
 class Seq2SeqTask(Task):
     """Shared by the seq2seq tasks; a subclass names its columns, its prefix, its metric and its output name."""
 
     options_class = Seq2SeqOptions
+    state_class = Seq2SeqState
     model_class = "AutoModelForSeq2SeqLM"
     peft_model_class = "AutoPeftModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
@@ -75,10 +86,6 @@ class Seq2SeqTask(Task):
     def auto_prefix(self, config, model_type: str) -> str:
         """The prefix `--source-prefix auto` stands for with this model."""
         return ""
-
-    def task_state(self, config, split, columns, model_type: str) -> dict[str, Any]:
-        """What the subclass adds to the run's state (e.g. language codes)."""
-        return {}
 
     def check_input_length(self, config, tokenizer):
         """Sources longer than the encoder takes are cut at its limit, with a note (prepare_state)."""
@@ -106,19 +113,18 @@ class Seq2SeqTask(Task):
         if limit is not None and config.max_length > limit:
             console.note(f"--max-length {config.max_length} is more than {config.model} takes; sources are cut at "
                          f"{limit} tokens")
-        return {"columns": columns, "source_prefix": prefix, "model_type": model_type, "source_limit": limit,
-                **self.task_state(config, split, columns, model_type)}
+        return Seq2SeqState(columns=columns, source_prefix=prefix, model_type=model_type, source_limit=limit)
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
-        check_text_columns(rows, _text_options(state["columns"]), where, lists=True)
-        check_no_missing(rows, list(state["columns"].values()), where)
+        check_text_columns(rows, _text_options(state.columns), where, lists=True)
+        check_no_missing(rows, list(state.columns.values()), where)
 
     # ---- features and training --------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
         """Tokenized sources (with the prefix) and, except for prediction, labels; notes how many were cut."""
-        source, target = state["columns"]["source"], state["columns"]["target"]
-        prefix, max_source = state["source_prefix"], source_length(config.max_length, state)
+        source, target = state.columns["source"], state.columns["target"]
+        prefix, max_source = state.source_prefix, source_length(config.max_length, state)
         max_target = config.task_options.max_target_length
         labelled = purpose != "predict" and target in rows.column_names
 
@@ -173,17 +179,17 @@ class Seq2SeqTask(Task):
         return [{"prediction": text, "generated_tokens": n} for text, n in zip(texts, counts)]
 
     def references(self, config, state, rows):
-        return [as_text(v) for v in column_list(rows, state["columns"]["target"])]
+        return [as_text(v) for v in column_list(rows, state.columns["target"])]
 
     # ---- inference --------------------------------------------------------------------------------
     def inputs_from_options(self, config, state, options):
         texts = options.get("texts") or []
         if not texts:
             raise UsageError(f"nothing to do: pass --text (a {self.source_role}, repeatable) or --input FILE")
-        return [{state["columns"]["source"]: t} for t in texts]
+        return [{state.columns["source"]: t} for t in texts]
 
     def check_inputs(self, config, state, inputs, names):
-        column = state["columns"]["source"]
+        column = state.columns["source"]
         if column not in inputs[0]:
             raise UsageError(f"the input has no column '{column}' (the {self.source_role}s this run reads); the "
                              f"input has: {', '.join(inputs[0])}")
@@ -201,7 +207,7 @@ class Seq2SeqTask(Task):
         return (f"from {module} import {cls}\nfrom transformers import AutoTokenizer\n\n"
                 f"model = {cls}.from_pretrained(\"{run_path}\")\n"
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")\n"
-                f"inputs = tokenizer([{state.get('source_prefix', '')!r} + text], truncation=True, "
+                f"inputs = tokenizer([{state.source_prefix!r} + text], truncation=True, "
                 f"return_tensors=\"pt\")\n"
                 f"output = tokenizer.decode(model.generate(**inputs, max_new_tokens="
                 f"{config.task_options.max_target_length})[0], skip_special_tokens=True)")
@@ -241,8 +247,9 @@ def seq2seq_model_info(task: Task, source) -> tuple[str, Optional[int]]:
     return kind, limit
 
 
-def source_length(max_length: int, state: dict[str, Any]) -> int:
-    limit = state.get("source_limit")
+def source_length(max_length: int, state: Seq2SeqState) -> int:
+    """The longest source in tokens: --max-length, within what the encoder takes."""
+    limit = state.source_limit
     return min(max_length, limit) if limit else max_length
 
 

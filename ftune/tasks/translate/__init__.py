@@ -15,6 +15,7 @@ A thin layer on the seq2seq base (ftune.tasks.seq2seq). What it adds:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,7 +24,16 @@ from ftune.config import option
 from ftune.data import column_list
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores
-from ftune.tasks.seq2seq import T5_FAMILY, Seq2SeqOptions, Seq2SeqTask, as_text, examples_table, mean_generated_length
+from ftune.tasks.seq2seq import (
+    T5_FAMILY,
+    Seq2SeqOptions,
+    Seq2SeqState,
+    Seq2SeqTask,
+    as_text,
+    examples_table,
+    mean_generated_length,
+)
+from ftune.tasks.state import saved_when_set
 from ftune.tasks.translate.data import TRANSLATION_COLUMN, check_translation_dicts, load_tsv_pairs
 from ftune.tasks.translate.languages import code_named, language_name, language_setup, set_tokenizer_languages
 
@@ -59,10 +69,22 @@ class TranslateOptions(Seq2SeqOptions):
         return problems
 
 
+@dataclass(frozen=True, kw_only=True)
+class TranslateState(Seq2SeqState):
+    """The seq2seq state and the languages: where the texts are, their codes, what a model with codes needs."""
+
+    layout: str                         # "translation" (a column of {code: text} dicts) or "columns"
+    source_lang: Optional[str]          # the languages' codes (None: not given, no column named by one)
+    target_lang: Optional[str]
+    tokenizer_languages: Optional[dict[str, str]] = saved_when_set()  # src_lang/tgt_lang of a tokenizer with codes
+    generation: Optional[dict[str, int]] = saved_when_set()           # generation settings for the target language
+
+
 class TranslateTask(Seq2SeqTask):
     name = "translate"
     summary = "Fine-tune a seq2seq model for translation (BLEU and chrF)."
     options_class = TranslateOptions
+    state_class = TranslateState
     main_metric = "bleu"
     metric_module = "translation"
     reported_metrics = ("bleu", "chrf", "gen_len")
@@ -107,12 +129,12 @@ class TranslateTask(Seq2SeqTask):
             check_translation_dicts(split.train, source_lang, target_lang, "the training split", split.train_names)
             check_translation_dicts(split.eval, source_lang, target_lang, "the held-out split", split.eval_names)
         setup = language_setup(self.load_tokenizer(config), source_lang, target_lang)
-        state = super().prepare_state(config, split, columns)
+        seq2seq = dataclasses.asdict(super().prepare_state(config, split, columns))
         target_token = setup.pop("target_token", None)
         if target_token and opts.source_prefix == "auto":
-            state["source_prefix"] = target_token + " "
-        return {**state, "layout": TRANSLATION_COLUMN if dicts else "columns", "source_lang": source_lang,
-                "target_lang": target_lang, **setup}
+            seq2seq["source_prefix"] = target_token + " "
+        return TranslateState(**seq2seq, layout=TRANSLATION_COLUMN if dicts else "columns", source_lang=source_lang,
+                              target_lang=target_lang, **setup)
 
     def auto_prefix(self, config, model_type):
         if model_type not in T5_FAMILY:
@@ -132,8 +154,8 @@ class TranslateTask(Seq2SeqTask):
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
-        if state.get("layout") == TRANSLATION_COLUMN:
-            check_translation_dicts(rows, state["source_lang"], state["target_lang"], where)
+        if state.layout == TRANSLATION_COLUMN:
+            check_translation_dicts(rows, state.source_lang, state.target_lang, where)
 
     # ---- features and generation ------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
@@ -141,22 +163,22 @@ class TranslateTask(Seq2SeqTask):
         from whichever layout the rows have."""
         import datasets
 
-        set_tokenizer_languages(tokenizer, state)
+        set_tokenizer_languages(tokenizer, state.tokenizer_languages)
         pairs = {"source": self.source_texts(state, rows)}
-        if purpose != "predict" and state["columns"]["target"] in rows.column_names:
+        if purpose != "predict" and state.columns["target"] in rows.column_names:
             pairs["target"] = self.references(config, state, rows)
-        flat = {**state, "columns": {"source": "source", "target": "target"}}
+        flat = dataclasses.replace(state, columns={"source": "source", "target": "target"})
         return super().features(config, tokenizer, datasets.Dataset.from_dict(pairs), flat, purpose=purpose)
 
     def load_model(self, config, tokenizer, state):
         model = super().load_model(config, tokenizer, state)
         # Saved with the run, so the model alone (a pipeline, `ftune generate`) starts in the target language.
-        for key, value in state.get("generation", {}).items():
+        for key, value in (state.generation or {}).items():
             setattr(model.generation_config, key, value)
         return model
 
     def generation_kwargs(self, config, state):
-        return {**super().generation_kwargs(config, state), **state.get("generation", {})}
+        return {**super().generation_kwargs(config, state), **(state.generation or {})}
 
     # ---- scoring ----------------------------------------------------------------------------------
     def decode(self, config, tokenizer, state, rows, features, predictions):
@@ -164,8 +186,8 @@ class TranslateTask(Seq2SeqTask):
         return [{**out, "source": source} for out, source in zip(outputs, self.source_texts(state, rows))]
 
     def references(self, config, state, rows):
-        if state.get("layout") == TRANSLATION_COLUMN:
-            return [as_text(pair[state["target_lang"]]) for pair in column_list(rows, TRANSLATION_COLUMN)]
+        if state.layout == TRANSLATION_COLUMN:
+            return [as_text(pair[state.target_lang]) for pair in column_list(rows, TRANSLATION_COLUMN)]
         return super().references(config, state, rows)
 
     def metrics(self, config, state, outputs, references, features):
@@ -182,13 +204,13 @@ class TranslateTask(Seq2SeqTask):
         """The source text of each row: its source column, or its translation dict's source language, or
         (inputs to `ftune predict`) a column named by the source language."""
         key = self.source_key(state, rows.column_names)
-        if key == TRANSLATION_COLUMN and state.get("layout") == TRANSLATION_COLUMN:
-            return [as_text(pair[state["source_lang"]]) for pair in column_list(rows, key)]
+        if key == TRANSLATION_COLUMN and state.layout == TRANSLATION_COLUMN:
+            return [as_text(pair[state.source_lang]) for pair in column_list(rows, key)]
         return [as_text(value) for value in column_list(rows, key)]
 
     def source_key(self, state, keys: list[str]) -> str:
         """The input column holding the source text; UsageError naming the columns there are."""
-        candidates = [state["columns"]["source"], state.get("source_lang")]
+        candidates = [state.columns["source"], state.source_lang]
         found = next((c for c in candidates if c and c in keys), None)
         if found is None:
             wanted = " or ".join(repr(c) for c in dict.fromkeys(candidates) if c)
@@ -200,7 +222,7 @@ class TranslateTask(Seq2SeqTask):
         texts = options.get("texts") or []
         if not texts:
             raise UsageError(f"nothing to do: pass --text (a {self.source_role}, repeatable) or --input FILE")
-        key = state["source_lang"] if state.get("layout") == TRANSLATION_COLUMN else state["columns"]["source"]
+        key = state.source_lang if state.layout == TRANSLATION_COLUMN else state.columns["source"]
         return [{key: t} for t in texts]
 
     def check_inputs(self, config, state, inputs, names):
@@ -208,20 +230,20 @@ class TranslateTask(Seq2SeqTask):
         for row, name in zip(inputs, names):
             value = row.get(key)
             if isinstance(value, dict) and key == TRANSLATION_COLUMN:
-                value = value.get(state["source_lang"])
+                value = value.get(state.source_lang)
             if value is None or not as_text(value).strip():
                 raise UsageError(f"{name} has no {self.source_role} in column '{key}'; give every row one")
 
     def model_card_usage(self, config, state, run_path):
         cls = self.peft_model_class if config.lora else self.model_class
         module = "peft" if config.lora else "transformers"
-        languages = state.get("tokenizer_languages") or {}
+        languages = state.tokenizer_languages or {}
         tokenizer_args = "".join(f", {k}={v!r}" for k, v in languages.items())
-        generation = "".join(f", {k}={v}" for k, v in state.get("generation", {}).items())
+        generation = "".join(f", {k}={v}" for k, v in (state.generation or {}).items())
         return (f"from {module} import {cls}\nfrom transformers import AutoTokenizer\n\n"
                 f"model = {cls}.from_pretrained(\"{run_path}\")\n"
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\"{tokenizer_args})\n"
-                f"inputs = tokenizer([{state.get('source_prefix', '')!r} + text], truncation=True, "
+                f"inputs = tokenizer([{state.source_prefix!r} + text], truncation=True, "
                 f"return_tensors=\"pt\")\n"
                 f"output = tokenizer.decode(model.generate(**inputs, max_new_tokens="
                 f"{config.task_options.max_target_length}{generation})[0], skip_special_tokens=True)")

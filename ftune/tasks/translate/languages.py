@@ -86,7 +86,8 @@ def check_code(code: Optional[str], flag: str, codes: list[str], tokenizer_name:
                      f"such as {', '.join(codes[:6])}")
 
 
-def set_tokenizer_languages(tokenizer, state: dict[str, Any]) -> None:
-    """Set src_lang/tgt_lang on a tokenizer with language codes: its special tokens follow them."""
-    for key, value in (state.get("tokenizer_languages") or {}).items():
+def set_tokenizer_languages(tokenizer, languages: Optional[dict[str, str]]) -> None:
+    """Set src_lang/tgt_lang (a run's `tokenizer_languages`) on a tokenizer with language codes: its special tokens
+    follow them."""
+    for key, value in (languages or {}).items():
         setattr(tokenizer, key, value)
