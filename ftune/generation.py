@@ -121,8 +121,7 @@ def prompt_room(model, tokenizer, prompts: list[str], options: GenerationOptions
     when every prompt fits). Longer prompts lose their beginning, with a note; no room at all is an error."""
     from ftune import console
 
-    context = next((v for k in ("max_position_embeddings", "n_positions", "n_ctx")
-                    if isinstance(v := getattr(model.config, k, None), int) and v > 0), None)
+    context = context_length(model)
     if context is None:
         return None
     room = context - options.max_new_tokens
@@ -136,6 +135,12 @@ def prompt_room(model, tokenizer, prompts: list[str], options: GenerationOptions
     console.note(f"{cut} prompt(s) are longer than the {room} tokens the model's context of {context} leaves beside "
                  f"--max-new-tokens {options.max_new_tokens}; their beginning was cut")
     return room
+
+
+def context_length(model) -> Optional[int]:
+    """The most tokens a decoder-only model's positions take (prompt and generation together), if it says."""
+    return next((v for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                 if isinstance(v := getattr(model.config, k, None), int) and v > 0), None)
 
 
 def console_streamer(tokenizer):
@@ -155,8 +160,12 @@ def apply_chat_template(tokenizer, prompts: list[str]) -> list[str]:
     """Each prompt as one user turn of a conversation, followed by the assistant's generation prompt."""
     if not getattr(tokenizer, "chat_template", None):
         raise UsageError("--chat needs a tokenizer with a chat template, and this one has none; drop --chat")
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
+    return [chat_text(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+
+
+def chat_text(tokenizer, messages: list[dict]) -> str:
+    """A conversation in the tokenizer's chat template, ending with the assistant's generation prompt."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def load_generation_model(source: str, gguf_file: Optional[str] = None):

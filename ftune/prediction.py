@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from ftune import console
 from ftune.errors import UsageError
 from ftune.hub import ensure_offline_if_unreachable
-from ftune.rundir import open_run, write_jsonl
+from ftune.rundir import dumped_json, open_run, write_jsonl
 
 
 def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[str, Any],
@@ -30,10 +29,10 @@ def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[
     (e.g. {"--text": ["..."]}, {"--num-beams": 2}); the run's task says which of them it takes.
     """
     ensure_offline_if_unreachable()
-    run = open_run(run_path)
+    run = open_run(run_path, exports=True)
     task = run.task
     input_names = {i.flag: i.name for i in task.predict_inputs}
-    setting_keys = {s.flag: s.key for s in task.predict_settings}
+    setting_keys = {s.flag for s in task.predict_settings}
     foreign = [flag for flag in [*inputs, *settings] if flag not in input_names and flag not in setting_keys]
     if foreign:
         takes = ", ".join([*input_names, *setting_keys]) or "only --input"
@@ -51,27 +50,70 @@ def predict_run(run_path: Path, *, inputs: dict[str, list[str]], settings: dict[
     else:
         rows = task.inputs_from_options(run.config, run.state, {input_names[f]: v for f, v in inputs.items()})
         names = [f"input {i + 1}" for i in range(len(rows))]
-    config = run.config
-    if settings:
-        from ftune.config import resolve_config
-
-        task.check_predict_settings(settings)
-
-        overrides = {setting_keys[flag]: value for flag, value in settings.items()}
-        config = resolve_config(task.options_class, layers=[("ftune.yaml", config.to_dict()),
-                                                             ("predict options", overrides)])
-
-    from ftune.models import load_run_model, load_run_tokenizer
-    from ftune.trainers import inference_trainer
-
-    tokenizer = load_run_tokenizer(run)
-    model = load_run_model(run)
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = inference_trainer(task, config, run.state, model, tokenizer, precision=run.precision,
-                                    batch_size=batch_size, scratch=scratch, phase="predicting")
-        results = task.predict(config, trainer, tokenizer, run.state, rows, names)
+    config = predict_config(run, settings)
+    with Predictor(run, batch_size=batch_size) as predictor:
+        results = predictor.predict(rows, names, config)
     write_predictions(results, output, overwrite=overwrite, input_file=input_file)
     return results
+
+
+def predict_config(run, settings: dict[str, Any]):
+    """The run's configuration with the task's predict settings (by flag, e.g. {"--num-beams": 2}) put over its
+    options for this call; UsageError naming each setting the option it overrides would refuse."""
+    if not settings:
+        return run.config
+    from ftune.config import resolve_config
+
+    task = run.task
+    task.check_predict_settings(settings)
+    setting_keys = {s.flag: s.key for s in task.predict_settings}
+    overrides = {setting_keys[flag]: value for flag, value in settings.items()}
+    return resolve_config(task.options_class, layers=[("ftune.yaml", run.config.to_dict()),
+                                                      ("predict options", overrides)])
+
+
+class Predictor:
+    """A finished run (or an export of one) loaded once through its engine (ftune.engines: its tokenizer, its model)
+    to predict for many calls through the task's one predict path (`Task.predict`). `ftune predict` makes one for its
+    call; `ftune serve` keeps one for its life. One call at a time (ftune serve runs every batch on one thread).
+
+    Use it as a context manager: the engine's scratch folder lives as long as the Predictor.
+    """
+
+    def __init__(self, run, *, batch_size: Optional[int]):
+        from ftune.engines import open_engine
+
+        self.run = run
+        self.task = run.task
+        self.engine = open_engine(run, batch_size=batch_size)
+        self._scorers: dict[str, Any] = {}     # one per configuration: predict settings change the decoding
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._scorers.clear()
+        self.engine.close()
+
+    def check_inputs(self, rows: list[dict], names: list[str], config=None) -> None:
+        """UsageError naming the first row the task cannot predict for, as `predict` would raise it."""
+        self.task.check_inputs(config or self.run.config, self.run.state, rows, names)
+
+    def predict(self, rows: list[dict], names: list[str], config=None) -> list[dict]:
+        """Each row with the task's prediction fields added; `config`: the run's with predict settings over it
+        (`predict_config`), by default the run's own."""
+        config = config or self.run.config
+        key = dumped_json(config.to_dict())
+        if key not in self._scorers:
+            self._scorers[key] = self.engine.scorer(config, phase="predicting")
+        return self.task.predict(config, self._scorers[key], self.tokenizer, self.run.state, rows, names)
 
 
 def read_input_file(path: Path) -> tuple[list[dict], list[str]]:
