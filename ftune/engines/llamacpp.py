@@ -68,8 +68,9 @@ class LlamaCppModel:
             self.llm.eval([token])
         return new
 
-    def chat_prompt(self, prompt: str) -> str:
-        """`prompt` as one user turn in the file's chat template, ending with the assistant's generation prompt."""
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """A conversation (role/content messages) in the file's chat template, ending with the assistant's
+        generation prompt."""
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise UsageError(f"--chat needs a chat template, and {self.file.name} has none in its metadata; drop "
@@ -78,7 +79,7 @@ class LlamaCppModel:
 
         formatter = Jinja2ChatFormatter(template, eos_token=self._token_text(self.llm.token_eos()),
                                         bos_token=self._token_text(self.llm.token_bos()))
-        return formatter(messages=[{"role": "user", "content": prompt}]).prompt
+        return formatter(messages=messages).prompt
 
     def _token_text(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
@@ -92,7 +93,7 @@ class LlamaCppModel:
                              "engine")
         results = []
         for prompt in prompts:
-            text = self.chat_prompt(prompt) if chat else prompt
+            text = self.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
             # A chat template already put in the BOS the model expects.
             ids = self.llm.tokenize(text.encode("utf-8"), add_bos=not chat, special=chat)
             room = self.context - options.max_new_tokens

@@ -108,7 +108,7 @@ def export(model_dir: Path, out_dir: Path, *, quantize: str, run) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    name = run.path.name if run is not None else Path(getattr(model.config, "_name_or_path", "") or "model").name
+    name = run.path.name if run is not None else _model_name(model_dir)
     target = out_dir / f"{_safe(name) or 'model'}-{quantize}.gguf"
     defaults = generation_defaults(model_dir)
     if quantize in K_QUANTS:
@@ -432,6 +432,13 @@ def k_quant_fallbacks(file: Path) -> dict[str, str]:
                 and not kind.endswith("_k"):
             found[tensor.name] = kind
     return found
+
+
+def _model_name(model_dir: Path) -> str:
+    """A model folder's name; "model" for the temporary folder a Hub model or .gguf file was materialised in."""
+    import tempfile
+
+    return "model" if model_dir.parent == Path(tempfile.gettempdir()) else model_dir.name
 
 
 def _safe(name: str) -> str:
