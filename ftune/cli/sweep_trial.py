@@ -13,7 +13,7 @@ import sys
 from ftune.cli.common import report, set_debug
 from ftune.errors import RunInterrupted
 from ftune.signals import stop_on_signals
-from ftune.sweep.trials import SWEEP_PID
+from ftune.sweep.trial_runs import SWEEP_PID
 
 
 def die_with_parent() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     set_debug(debug)
     try:
         with stop_on_signals():  # the sweep passes its signal on: the trial saves a checkpoint and exits 130/143/138
-            from ftune.sweep.trial import read_spec, run_trial
+            from ftune.sweep.trial_process import read_spec, run_trial
 
             run_trial(read_spec(), sys.stdin)
     except BaseException as exc:  # noqa: BLE001 — the boundary where failures become one line

@@ -15,7 +15,7 @@ from ftune.console import table
 from ftune.rundir import write_jsonl
 from ftune.sweep.space import Param, format_value
 from ftune.sweep.study import FAILURE_KEY, PRUNED_AT_KEY, SURPLUS_KEY, WORKER_KEY, waits_to_continue
-from ftune.sweep.trials import has_weights, train_runtime, trial_folder
+from ftune.sweep.trial_runs import has_weights, train_runtime, trial_folder
 
 TRIALS_FILE = "trials.jsonl"
 BEST_FILE = "best.yaml"

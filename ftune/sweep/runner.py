@@ -3,10 +3,10 @@
     check the sweep's options, search space and metric -> plan the sweep folder (checks only) -> a study that
     already exists: check it was made by the same command -> the held-out split, made once, and every trial's
     configuration checked                                                  [nothing on disk has changed yet]
-    -> claim the folder: split.json, sweep.yaml -> create or join the study -> mark failed the trials of dead
-    processes (--resume) -> N workers: ask a trial, run it in a process of its own (ftune.sweep.trials), tell the
-    outcome, rewrite trials.jsonl and best.yaml, drop the weights of trials that are not the best (--keep best)
-    -> the table and sweep.png
+    -> claim the folder: split.json, sweep.yaml -> create or join the study -> alone in the folder: mark failed the
+    trials its dead processes left running -> Optuna's study.optimize (ftune.sweep.search): each trial run in a
+    process of its own (ftune.sweep.trial_runs), told, trials.jsonl and best.yaml rewritten, the weights of trials
+    that are not the best dropped (--keep best) -> the table and sweep.png
 
 The total counts trials that finish, complete or pruned, across every process working on the study; a failed trial's
 place is taken by a new one. A grid sweep runs each combination once, in the order listed.
@@ -16,28 +16,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 from ftune import console
-from ftune.config import TrainConfig
+from ftune.config import TrainConfig, resolve_config
 from ftune.errors import UsageError
 from ftune.rundir import SPLIT_FILE
 from ftune.runs import lower_is_better
 from ftune.sweep import study as studies
 from ftune.sweep.options import DEFAULT_TRIALS, RECIPE_FILE, SweepOptions
+from ftune.sweep.search import Search
 from ftune.sweep.space import Param, build_space, format_value, grid_points
-from ftune.sweep.trials import trial_config, visible_gpus
-from ftune.sweep.workers import Workers
+from ftune.sweep.trial_runs import visible_gpus
 
 SWEEP_KIND = "sweep"            # the kind in the sweep folder's .ftune-output marker
 
 
 @dataclass
 class Sweep:
-    """A sweep, resolved and checked: what every worker needs."""
+    """A sweep, resolved and checked: what every trial needs."""
 
     task: Any
     base: TrainConfig               # the options every trial shares
@@ -57,8 +58,12 @@ class Sweep:
         return self.base.seed if self.base.split_seed is None else self.base.split_seed
 
     def trial_config(self, params: dict[str, Any], output_dir: Optional[Path]) -> TrainConfig:
+        """The configuration of one trial: the sweep's options, the trial's parameters (by flag name), the shared
+        split's seed and the trial's folder. Raises UsageError when the combination is invalid."""
         fields = {p.field: params[p.key] for p in self.space if p.key in params}
-        return trial_config(self.task, self.base, fields, split_seed=self.split_seed, output_dir=output_dir)
+        layers = [("the sweep's options", self.base.to_dict()), ("the trial's parameters", fields),
+                  ("the sweep", {"split_seed": self.split_seed, "output_dir": str(output_dir) if output_dir else None})]
+        return resolve_config(self.task.options_class, layers=layers)
 
     def meta(self) -> dict[str, Any]:
         """What the study records about the sweep, to refuse continuing or joining it with another command."""
@@ -78,6 +83,7 @@ class Sweep:
 
 def run_sweep(task, config: TrainConfig, options: SweepOptions, *, resume: bool = False) -> Path:
     """Run (or continue) the sweep and return its folder. Bad input is refused before anything on disk changes."""
+    started = time.monotonic()
     studies.require_optuna()
     sweep = resolve_sweep(task, config, options)
     continuing = plan_sweep_folder(sweep.folder, resume)
@@ -108,16 +114,21 @@ def run_sweep(task, config: TrainConfig, options: SweepOptions, *, resume: bool 
         if not continuing:
             claim.undo()
         raise
-    recover_orphans(study)
-    if sweep.grid:
-        enqueue_grid(study, sweep)
-    announce(sweep, study)
-    workers = Workers(sweep, storage, gpus)
-    try:
-        workers.run()
-    finally:
-        workers.refresh(draw_picture=True)
-    workers.summarise()
+    study.sampler = studies.make_sampler(options.sampler, sweep.base.seed)
+    study.pruner = studies.make_pruner(options.pruner)
+    with studies.working_in(sweep.folder) as alone:
+        # Alone in the folder: the trials its processes left running are dead (kill -9, a crash).
+        for trial in studies.fail_abandoned_trials(study, sweep.folder) if alone else []:
+            console.info(f"trial {trial.number} was interrupted: marked failed; a new trial takes its place")
+        if sweep.grid:
+            enqueue_grid(study, sweep)
+        announce(sweep, study)
+        search = Search(sweep, study, gpus, deadline=started + options.timeout if options.timeout else None)
+        try:
+            search.run()
+        finally:
+            search.refresh(draw_picture=True)
+        search.summarise()
     return sweep.folder
 
 
@@ -187,8 +198,7 @@ def plan_sweep_folder(folder: Path, resume: bool) -> bool:
 
 
 def check_study(sweep: Sweep, study, resume: bool) -> None:
-    """Refuse a study made by another command, or one with trials of dead processes of this machine without
-    --resume."""
+    """Refuse a study made by another command."""
     from ftune.config import default_of
 
     differs = studies.study_differences(study, sweep.meta(),
@@ -198,12 +208,6 @@ def check_study(sweep: Sweep, study, resume: bool) -> None:
                          f"'{sweep.study_name}' with a different command: {'; '.join(differs)}; rerun with the "
                          f"sweep's options (its sweep.yaml), or start a new sweep with another --output-dir"
                          f"{' and --study-name' if sweep.options.storage else ''}")
-    orphans = studies.orphaned_trials(study)
-    if orphans and not resume:
-        worker = orphans[0].user_attrs[studies.WORKER_KEY]
-        raise UsageError(f"trial {orphans[0].number} was left running by a process that is gone (pid "
-                         f"{worker['pid']} on {worker['host']}); rerun with --resume to mark it failed and take its "
-                         "place")
 
 
 def make_held_out_split(sweep: Sweep) -> dict[str, Any]:
@@ -280,15 +284,6 @@ def recipe_text(sweep: Sweep) -> str:
     body = {**sweep.base.to_dict(), SWEEP_KEY: {k: v for k, v in section.items() if v is not None},
             RUN_INFO_KEY: {"task": sweep.task.name}}
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
-
-
-def recover_orphans(study) -> None:
-    """--resume: the trials left running by dead processes of this machine are marked failed (their places are
-    taken by new trials)."""
-    orphans = studies.orphaned_trials(study)
-    studies.fail_orphans(study, orphans)
-    for trial in orphans:
-        console.info(f"trial {trial.number} was interrupted: marked failed; a new trial takes its place")
 
 
 def enqueue_grid(study, sweep: Sweep) -> None:

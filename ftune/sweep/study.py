@@ -1,29 +1,33 @@
-"""The Optuna study behind a sweep: its storage, what it records about the sweep, and its trials' owners.
+"""The Optuna study behind a sweep: its storage, what it records about the sweep, who runs its trials, its sampler.
 
 The study lives in Optuna's own RDB storage (SQLite `SWEEP/study.db` by default, or `--storage URL` shared by
 several machines). It records, as a study attribute, what makes its trials comparable — task, search space,
 metric, direction, sampler, the options that change results and the held-out rows — so a process that continues
 or joins it with another command is refused with the differences listed.
 
-Each trial records the process that runs it (host, pid and the pid's start time). A trial left RUNNING by a process
-of this machine that is gone (kill -9, a crash) is found by that record: `--resume` marks it failed, and its place
-is taken by a new trial. Trials of other machines are theirs to recover. A trial stopped by a signal (which saved a
-checkpoint first) is put back to WAITING instead: `--resume` continues it.
+A trial whose sweep process died (kill -9, a crash, a machine lost) stays RUNNING until it is marked failed (its place
+then taken by a new trial): at once by `--resume` in its folder when no other sweep process works there (each holds
+a shared lock on the folder, `working_in`, and each trial records the host and folder of the process that runs it);
+otherwise by Optuna's heartbeat (RDBStorage's heartbeat_interval and grace_period), which any process working on the
+study checks, on one machine or many.
+
+A trial stopped by a signal (which saved a checkpoint first) is put back to WAITING instead: `--resume` continues it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator
 
 from ftune.errors import UsageError
 
 META_KEY = "ftune"
-WORKER_KEY = "worker"             # trial user attribute: the process that runs it
+WORKER_KEY = "worker"             # trial user attribute: the process that runs it (host, pid, sweep folder)
 PRUNED_AT_KEY = "pruned_at_evaluation"
 FAILURE_KEY = "failure"           # why a trial failed (the trial's error line); none: it was interrupted
 INTERRUPTED_KEY = "interrupted"   # the signal that stopped a trial, which waits (WAITING) for --resume to continue it
@@ -31,6 +35,9 @@ SURPLUS_KEY = "surplus"           # a trial asked for when the total was already
 GRID_KEY = "grid_point"           # an enqueued combination of a grid sweep
 SQLITE_TIMEOUT_S = 60             # how long a writer waits for another process's lock on a shared SQLite study
 SCHEMA_RACE_ATTEMPTS = 5
+HEARTBEAT_S = 10                  # a running trial's process records it alive this often ...
+GRACE_S = 120                     # ... and a trial silent this long is marked failed by any process on the study
+PRESENCE_FILE = ".ftune-sweep.lock"
 
 
 def require_optuna():
@@ -41,7 +48,7 @@ def require_optuna():
         raise UsageError('ftune sweep needs Optuna, which is not installed; install it with: pip install '
                          '"ftune[sweep]"') from None
     if os.environ.get("FTUNE_DEBUG") != "1":
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # ftune reports each trial itself
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # ftune reports each trial, failures included
     return optuna
 
 
@@ -50,7 +57,8 @@ def default_storage_url(sweep_dir: Path) -> str:
 
 
 def open_storage(url: str):
-    """Optuna's RDB storage at `url`, or UsageError saying why it cannot be opened."""
+    """Optuna's RDB storage at `url`, with the heartbeat of running trials, or UsageError saying why it cannot be
+    opened."""
     from optuna.storages import RDBStorage
     from sqlalchemy.exc import IntegrityError
 
@@ -58,7 +66,8 @@ def open_storage(url: str):
     try:
         for attempt in range(SCHEMA_RACE_ATTEMPTS):
             try:
-                return RDBStorage(url, engine_kwargs=engine)
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                  heartbeat_stale_trial_callback=_report_stale)
             except Exception as exc:
                 # Processes that open a new database at the same moment race to create its tables and version row;
                 # the loser finds them made (or a duplicate key), and opening again succeeds.
@@ -68,7 +77,8 @@ def open_storage(url: str):
                 time.sleep(0.2 * (attempt + 1))
     except ModuleNotFoundError as exc:
         raise UsageError(f"--storage {safe_url(url)} needs the Python package '{exc.name}', which is not installed; "
-                         f"install it (e.g. pip install psycopg2-binary for postgresql://)") from None
+                         f"install it (for PostgreSQL: psycopg for postgresql://, psycopg2-binary for "
+                         f"postgresql+psycopg2://)") from None
     except Exception as exc:  # sqlalchemy raises many types for a bad URL, a missing folder, a refused connection
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
         raise UsageError(f"cannot open the study storage {safe_url(url)} ({reason}); give a URL Optuna can open, e.g. "
@@ -145,63 +155,54 @@ def study_differences(study, meta: dict[str, Any], default_of=None) -> list[str]
 # Who runs a trial
 
 
-def this_worker() -> dict[str, Any]:
+def this_worker(sweep_dir: Path) -> dict[str, Any]:
     """This process, as a trial records it."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "folder": str(Path(sweep_dir).resolve())}
 
 
-def _start_time(pid: int) -> Optional[str]:
-    """When process `pid` started (clock ticks since boot, from /proc), so a reused pid is not taken for it."""
+@contextlib.contextmanager
+def working_in(sweep_dir: Path) -> Iterator[bool]:
+    """While this sweep process works in `sweep_dir`, hold a shared flock on its `.ftune-sweep.lock` (the system
+    releases it when the process dies). Yields True when no other sweep process works there."""
+    import fcntl
+
+    fd = os.open(Path(sweep_dir) / PRESENCE_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another process starting up holds it alone
+        yield alone
+    finally:
+        os.close(fd)
 
 
-def worker_is_gone(worker: Optional[dict[str, Any]]) -> bool:
-    """True when `worker` ran on this machine and that process no longer exists; False when it lives or runs
-    elsewhere (another machine's process cannot be seen from here)."""
-    if not worker or worker.get("host") != socket.gethostname():
-        return False
-    pid = worker.get("pid")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # a live process of another user
-    started = _start_time(pid)
-    return started is not None and started != worker.get("started")
-
-
-def orphaned_trials(study) -> list:
-    """Trials left RUNNING by processes of this machine that are gone."""
+def fail_abandoned_trials(study, sweep_dir: Path) -> list:
+    """Mark failed the trials left RUNNING by sweep processes of this machine in `sweep_dir` — all dead, when the
+    caller works there alone — and return them (a failed trial without a FAILURE_KEY was interrupted)."""
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if worker_is_gone(t.user_attrs.get(WORKER_KEY))]
-
-
-def fail_orphans(study, orphans: list) -> None:
-    """Mark interrupted trials failed (a failed trial without a FAILURE_KEY was interrupted)."""
-    from optuna.trial import TrialState
-
-    for trial in orphans:
+    here = this_worker(sweep_dir)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    abandoned = [t for t in running if (t.user_attrs.get(WORKER_KEY) or {}).get("host") == here["host"]
+                 and t.user_attrs[WORKER_KEY].get("folder") == here["folder"]]
+    for trial in abandoned:
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    return abandoned
+
+
+def _report_stale(study, trial) -> None:
+    from ftune import console
+
+    worker = trial.user_attrs.get(WORKER_KEY) or {}
+    console.info(f"trial {trial.number} (pid {worker.get('pid')} on {worker.get('host')}) has had no heartbeat for "
+                 f"{GRACE_S} s: marked failed; a new trial takes its place")
 
 
 def was_interrupted(trial) -> bool:
     return trial.state.name == "FAIL" and FAILURE_KEY not in trial.user_attrs and SURPLUS_KEY not in trial.user_attrs
-
-
-def put_back(storage, study_name: str, number: int) -> None:
-    """Return running trial `number` to WAITING, with its parameters: the next `ask` — this sweep's --resume, or
-    another process on the study — gets it again, under the same number, and runs it in the same folder."""
-    from optuna.trial import TrialState
-
-    study_id = storage.get_study_id_from_name(study_name)
-    storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, number),
-                                   state=TrialState.WAITING)
 
 
 def waits_to_continue(trial) -> bool:
@@ -214,14 +215,30 @@ def waits_to_continue(trial) -> bool:
 
 
 def make_sampler(kind: str, seed: int):
-    """The sampler that proposes one trial's parameters. TPE and random keep no state of their own between trials
-    (they read the study), so a sampler made per trial, seeded from the sweep's seed and the trial's number, gives
-    the same proposals for the same command, and a resumed sweep never repeats an earlier trial's draws."""
+    """The study's sampler: each trial's parameters are drawn by a sampler of its own, seeded from the sweep's seed
+    and the trial's number. TPE and random keep no state of their own between trials (they read the study), so the
+    same command proposes the same parameters, a resumed sweep never repeats an earlier trial's draws, and trials
+    run side by side (--jobs) draw independently of which thread asks first."""
     import optuna
 
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)  # random; and grid, whose trials are enqueued combinations
+    per_trial = optuna.samplers.TPESampler if kind == "tpe" else optuna.samplers.RandomSampler  # grid: enqueued
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.samplers: dict[int, Any] = {}
+
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if trial.number not in self.samplers:
+                self.samplers[trial.number] = per_trial(seed=trial_seed(seed, trial.number))
+            return self.samplers[trial.number].sample_independent(study, trial, param_name, param_distribution)
+
+    return TrialSeeded()
 
 
 def trial_seed(seed: int, number: int) -> int:

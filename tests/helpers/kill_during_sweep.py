@@ -19,10 +19,10 @@ from pathlib import Path
 def main() -> None:
     number = int(sys.argv[1])
     sys.argv = ["ftune", *sys.argv[2:]]
-    import ftune.sweep.workers as workers
+    import ftune.sweep.search as search
     from ftune.folders import last_complete_checkpoint
 
-    original = workers.run_trial_process
+    original = search.run_trial_process
 
     def run_trial_process(spec, **kwargs):
         folder = Path(spec["config"]["output_dir"])
@@ -40,7 +40,7 @@ def main() -> None:
             kwargs["report"] = report
         return original(spec, **kwargs)
 
-    workers.run_trial_process = run_trial_process
+    search.run_trial_process = run_trial_process
     runpy.run_module("ftune", run_name="__main__")
 
 

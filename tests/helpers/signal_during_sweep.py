@@ -19,18 +19,18 @@ from pathlib import Path
 def main() -> None:
     signum, number = getattr(signal, sys.argv[1]), int(sys.argv[2])
     sys.argv = ["ftune", *sys.argv[3:]]
-    import ftune.sweep.trials as trials
-    import ftune.sweep.workers as workers
+    import ftune.sweep.search as search
+    import ftune.sweep.trial_runs as trial_runs
 
     passed_on = threading.Event()
-    original_stop = trials.TrialProcesses.stop
+    original_stop = trial_runs.TrialProcesses.stop
 
     def stop(self, signum):
         original_stop(self, signum)
         passed_on.set()
 
-    trials.TrialProcesses.stop = stop
-    original = workers.run_trial_process
+    trial_runs.TrialProcesses.stop = stop
+    original = search.run_trial_process
 
     def run_trial_process(spec, **kwargs):
         if Path(spec["config"]["output_dir"]).name == f"trial-{number:03d}" and not passed_on.is_set():
@@ -46,7 +46,7 @@ def main() -> None:
             kwargs["report"] = report
         return original(spec, **kwargs)
 
-    workers.run_trial_process = run_trial_process
+    search.run_trial_process = run_trial_process
     runpy.run_module("ftune", run_name="__main__")
 
 

@@ -1,4 +1,5 @@
-"""Inside a trial process: train one complete run for the sweep, reporting each evaluation to it.
+"""Inside a trial process: train one complete run for the sweep, reporting each evaluation to it (the sweep's side of
+the conversation is ftune.sweep.trial_runs).
 
 Imported only in a trial process (`python -m ftune.cli.sweep_trial`), which the sweep starts with a JSON spec on
 stdin: the task, the trial's resolved configuration, the held-out split every trial scores, the metric, and the
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 from transformers import TrainerCallback
 
 from ftune.errors import UsageError
-from ftune.sweep.trials import CONTINUE, PRUNE
+from ftune.sweep.trial_runs import CONTINUE, PRUNE
 
 
 class ReportEvaluations(TrainerCallback):

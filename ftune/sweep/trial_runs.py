@@ -1,4 +1,5 @@
-"""One trial as the sweep runs it: its configuration, its process, its outcome and its weights.
+"""One trial as the sweep sees it from its own process: the trial process it starts and talks to, its outcome and its
+weights. What runs inside that process is ftune.sweep.trial_process.
 
 Each trial trains a complete ftune run in `SWEEP/trial-NNN/` in a process of its own (`python -m
 ftune.cli.sweep_trial`, through the training spine), its output going to `SWEEP/logs/trial-NNN.log`. Why processes:
@@ -8,7 +9,7 @@ ftune.cli.sweep_trial`, through the training spine), its output going to `SWEEP/
 - `--jobs N` runs N trials side by side (threads of one process would share torch's random state), each on a GPU
   of its own;
 - a killed sweep takes its trials with it (each asks the kernel for SIGKILL when its parent dies), so no orphan
-  trains on; the trial stays RUNNING in the study until `--resume` marks it failed.
+  trains on; the trial stays RUNNING in the study until it is marked failed (ftune.sweep.study).
 
 The price is a process start with the libraries imported, a few seconds per trial.
 
@@ -32,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.config import TrainConfig, resolve_config
 from ftune.folders import is_finished_run, is_run_folder, lock_holder
 from ftune.rundir import EVAL_RESULTS, TRAIN_RESULTS
 
@@ -50,15 +50,6 @@ def trial_folder(sweep_dir: Path, number: int) -> Path:
 
 def log_file(sweep_dir: Path, number: int) -> Path:
     return Path(sweep_dir) / LOGS / f"trial-{number:03d}.log"
-
-
-def trial_config(task, base: TrainConfig, fields: dict[str, Any], *, split_seed: int,
-                 output_dir: Optional[Path]) -> TrainConfig:
-    """The configuration of one trial: the sweep's options, the trial's parameters (by config field), the shared
-    split's seed and the trial's folder. Raises UsageError when the combination is invalid."""
-    layers = [("the sweep's options", base.to_dict()), ("the trial's parameters", fields),
-              ("the sweep", {"split_seed": split_seed, "output_dir": str(output_dir) if output_dir else None})]
-    return resolve_config(task.options_class, layers=layers)
 
 
 @dataclass
