@@ -210,6 +210,29 @@ def test_a_lora_run_is_merged_without_changing_it(tmp_path_factory, tiny_bert):
     assert record["verification"]["onnxruntime"] == read_json(run / "eval_results.json")["eval_f1"]
 
 
+def test_text_pairs_through_a_graph_that_takes_token_type_ids(tmp_path_factory, tiny_bert):
+    """A tokenizer that makes token_type_ids (the tiny one is told to, as BERT's own does): the graph takes them,
+    and the onnxruntime engine, which reads the tokenizer without transformers' auto classes, gives them."""
+    model = tmp_path_factory.mktemp("models") / "tiny-bert-types"
+    shutil.copytree(tiny_bert, model, dirs_exist_ok=True)
+    config = read_json(model / "tokenizer_config.json")
+    (model / "tokenizer_config.json").write_text(json.dumps(
+        {**config, "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}))
+    rows = [{"id": row["id"], "text": " ".join(row["text"].split()[::-1][:3]), "pair": row["text"],
+             "label": row["label"]} for row in sentiment_rows(120)]  # the cue may be in the pair only
+    data = write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", rows)
+    run = train_run(tmp_path_factory, "classify", "pairs", "--model", model, "--data", data, "--text-pair-column",
+                    "pair", "--val-fraction", "0.25", *CLASSIFY_FAST, "--epochs", "6").path
+    folder = export(run)
+    record = read_json(folder / "export.json")
+    assert record["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert record["verification"]["predictions_differing"] == 0
+    assert record["verification"]["onnxruntime"] == read_json(run / "eval_results.json")["eval_f1"]
+    args = ("--text", "the cat", "--text-pair", "a great dog")
+    assert json.loads(invoke("predict", folder, *args).stdout)["label"] == \
+        json.loads(invoke("predict", run, *args).stdout)["label"]
+
+
 # ---- folder safety ----------------------------------------------------------------------------------
 
 

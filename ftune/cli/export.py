@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftune.cli.common import Debug
+from ftune.cli.common import Debug, LogFormat, LogFormatOption, Quiet
 
 
 def export_command(
@@ -23,6 +23,8 @@ def export_command(
                                                        "(default: RUN/exports/FORMAT[-QUANT]).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in that folder (only "
                                             "once the new one is verified).")] = False,
+    quiet: Quiet = False,
+    log_format: LogFormatOption = LogFormat.text,
     debug: Debug = False,
 ) -> None:
     """Export a run for llama.cpp/Ollama (GGUF) or onnxruntime (ONNX), verified in that runtime."""

@@ -81,9 +81,10 @@ def require_onnxruntime() -> None:
         raise UsageError("onnxruntime is not installed; install it with: pip install 'ftune[onnx]'")
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path, input_names: list[str]):
     """The export's fast tokenizer, read from its tokenizer.json by transformers' PreTrainedTokenizerFast (the tasks
-    read its word ids and offsets); AutoTokenizer would import torch through the model configurations."""
+    read its word ids and offsets), giving the inputs the graph takes (`input_names`: token_type_ids where the
+    run's tokenizer made them); AutoTokenizer would import torch through the model configurations."""
     from transformers import PreTrainedTokenizerFast
 
     from ftune.errors import UsageError
@@ -91,7 +92,7 @@ def load_tokenizer(folder: Path):
     if not (Path(folder) / "tokenizer.json").is_file():
         raise UsageError(f"export {folder} has no tokenizer.json; export the run again")
     try:
-        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+        return PreTrainedTokenizerFast.from_pretrained(str(folder), model_input_names=input_names)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load the tokenizer of export {folder}: {str(exc).strip().splitlines()[0]}; "
                          "export the run again") from None
@@ -108,8 +109,8 @@ class OnnxExportEngine(Engine):
         if not model_file.is_file():
             raise UsageError(f"export {folder} has no {MODEL_FILE}; export the run again")
         self.batch_size = batch_size
-        self.tokenizer = load_tokenizer(folder)
         self.session = inference_session(model_file, threads=threads)
+        self.tokenizer = load_tokenizer(folder, [item.name for item in self.session.get_inputs()])
 
     def scorer(self, config, *, phase: str = "evaluating") -> OnnxScorer:
         batch_size = self.batch_size or config.eval_batch_size or 2 * config.batch_size  # as the Trainer's
