@@ -8,8 +8,10 @@ from a default.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -19,7 +21,8 @@ from ftune.cli.common import LogFormat, environment_defaults
 from ftune.config import config_fields, default_of, parse_set_options, read_yaml_layer, resolve_config
 from ftune.errors import UsageError
 
-# Options that steer the run rather than configure it; they are not config keys.
+# Options that steer the run rather than configure it; they are not config keys. `ftune sweep TASK` takes some of
+# them (run_control_parameters), with help texts of its own.
 RUN_CONTROL = {
     "config": Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file of options (keys as in "
                                                      "ftune.yaml); flags given here win over it.",
@@ -47,7 +50,8 @@ RUN_CONTROL_DEFAULTS = {"config": None, "set_": None, "resume": False, "overwrit
                         "private": False, "quiet": False, "log_format": LogFormat.text, "debug": False}
 
 
-def _flag_parameter(field, tp, options_class) -> inspect.Parameter:
+def flag_parameter(field, tp, default: Any) -> inspect.Parameter:
+    """The command parameter of an option field (`tp` its resolved type, `default` its default, shown in the help)."""
     meta = field.metadata
     base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
     flag = "--" + field.name.replace("_", "-")
@@ -56,7 +60,6 @@ def _flag_parameter(field, tp, options_class) -> inspect.Parameter:
         names = [f"{flag}/--no-{field.name.replace('_', '-')}"]
     if meta.get("short"):
         names.append(meta["short"])
-    default = default_of(options_class, field.name)
     help_text = meta.get("help", "")
     if default is not None and base is not bool:
         help_text += f" (default: {default})"
@@ -72,14 +75,38 @@ def _flag_parameter(field, tp, options_class) -> inspect.Parameter:
 
 def config_parameters(options_class) -> list[inspect.Parameter]:
     """One command parameter per configuration field of a task (the common ones, then the task's own)."""
-    return [_flag_parameter(f, tp, options_class) for f, tp in config_fields(options_class)]
+    return [flag_parameter(f, tp, default_of(options_class, f.name)) for f, tp in config_fields(options_class)]
+
+
+def run_control_parameters(names: Iterable[str], helps: Optional[dict[str, str]] = None) -> list[inspect.Parameter]:
+    """The command parameters of the run-control options `names`, with the help texts `helps` gives instead of the
+    training commands' own."""
+    params = []
+    for name in names:
+        annotation = RUN_CONTROL[name]
+        if helps and name in helps:
+            base, option = typing.get_args(annotation)
+            option = copy.copy(option)
+            option.help = helps[name]
+            annotation = Annotated[base, option]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=RUN_CONTROL_DEFAULTS[name],
+                                        annotation=annotation))
+    return params
+
+
+def output_dir_of(layers: list[tuple[str, dict]]) -> Optional[str]:
+    """The --output-dir the configuration layers name (the highest layer that names one wins), or None."""
+    output_dir = None
+    for _, layer in layers:
+        for key in ("output_dir", "output-dir"):
+            if layer.get(key):
+                output_dir = layer[key]
+    return output_dir
 
 
 def make_train_command(task):
     """A Typer command function for one task, with one option per configuration field."""
-    params = config_parameters(task.options_class)
-    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=RUN_CONTROL_DEFAULTS[name],
-                                 annotation=annotation) for name, annotation in RUN_CONTROL.items()]
+    params = config_parameters(task.options_class) + run_control_parameters(RUN_CONTROL)
 
     def command(**kwargs):
         control = {name: kwargs.pop(name) for name in RUN_CONTROL}
@@ -129,11 +156,7 @@ def _saved_config_layer(layers: list[tuple[str, dict]], overwrite: bool) -> list
     --overwrite: the interrupted replacement's, in its staging folder beside the real folder a link names)."""
     from ftune.folders import run_workdir
 
-    output_dir = None
-    for _, layer in layers:
-        for key in ("output_dir", "output-dir"):
-            if layer.get(key):
-                output_dir = layer[key]
+    output_dir = output_dir_of(layers)
     if not output_dir:
         return []
     saved = run_workdir(Path(output_dir), overwrite=overwrite) / "ftune.yaml"
