@@ -110,6 +110,17 @@ def labels_fact(labels: list[str]) -> str:
     return f"**Labels:** {', '.join(map(str, labels))}"
 
 
+def peft_labels_usage(peft_class: str, run_path: str, labels: list[str], extra: str = "") -> str:
+    """Python for the model card that loads a LoRA run of a task that predicts classes: the head is sized and named
+    from the labels (`extra`: more from_pretrained arguments, e.g. the problem type)."""
+    return (f"from peft import {peft_class}\nfrom transformers import AutoTokenizer\n\n"
+            f"labels = {labels!r}\n"
+            f"model = {peft_class}.from_pretrained(\n    \"{run_path}\", "
+            f"num_labels={len(labels)}, id2label=dict(enumerate(labels)),\n"
+            f"    label2id={{name: i for i, name in enumerate(labels)}}{extra})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")")
+
+
 # ---- label sets: several classes per row (multi-label classification) --------------------------------
 
 

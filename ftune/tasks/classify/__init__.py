@@ -27,7 +27,7 @@ from ftune.errors import UsageError
 from ftune.tasks.base import PredictInput, PredictSetting, Task
 from ftune.tasks.classify.problems import MULTI_LABEL, PROBLEMS, REGRESSION, SINGLE_LABEL, ClassifyState
 from ftune.tasks.classify.weights import parse_weight_spec, resolve_class_weights
-from ftune.tasks.labels import labels_fact
+from ftune.tasks.labels import labels_fact, peft_labels_usage
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "premise", "question1", "review", "content", "document")
 PAIR_OF = {"sentence1": "sentence2", "premise": "hypothesis", "question1": "question2", "question": "sentence"}
@@ -258,12 +258,7 @@ class ClassifyTask(Task):
         kwargs = problem.model_kwargs(state)
         labels = [kwargs["id2label"][i] for i in range(kwargs["num_labels"])]
         problem_type = f", problem_type=\"{kwargs['problem_type']}\"" if "problem_type" in kwargs else ""
-        return (f"from peft import AutoPeftModelForSequenceClassification\nfrom transformers import AutoTokenizer\n\n"
-                f"labels = {labels!r}\n"
-                f"model = AutoPeftModelForSequenceClassification.from_pretrained(\n    \"{run_path}\", "
-                f"num_labels={len(labels)}, id2label=dict(enumerate(labels)),\n"
-                f"    label2id={{name: i for i, name in enumerate(labels)}}{problem_type})\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")")
+        return peft_labels_usage(self.peft_model_class, run_path, labels, problem_type)
 
 
 def _text_options(columns) -> dict[str, str]:

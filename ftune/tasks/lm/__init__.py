@@ -240,7 +240,6 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-
 def _text_options(columns) -> dict[str, str]:
     """The columns of text (not chats) and the options that choose them."""
     options = {"text": "--text-column", "prompt": "--prompt-column", "completion": "--completion-column"}

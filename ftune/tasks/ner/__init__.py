@@ -26,6 +26,7 @@ from ftune.tasks.labels import (
     label_config,
     labels_fact,
     merged_names,
+    peft_labels_usage,
     resolve_variants,
 )
 from ftune.tasks.ner.data import check_sentences, joined_spans, load_conll, row_tags, row_tokens, split_words, values
@@ -254,13 +255,7 @@ class NerTask(Task):
         if not config.lora:
             return (f"from transformers import pipeline\n\ntagger = pipeline(\"token-classification\", "
                     f"model=\"{run_path}\", aggregation_strategy=\"simple\")\ntagger(\"Ada Lovelace moved to Paris\")")
-        labels = state.labels
-        return (f"from peft import AutoPeftModelForTokenClassification\nfrom transformers import AutoTokenizer\n\n"
-                f"labels = {labels!r}\n"
-                f"model = AutoPeftModelForTokenClassification.from_pretrained(\n    \"{run_path}\", "
-                f"num_labels={len(labels)}, id2label=dict(enumerate(labels)),\n"
-                f"    label2id={{name: i for i, name in enumerate(labels)}})\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")")
+        return peft_labels_usage(self.peft_model_class, run_path, state.labels)
 
 
 class _BatchRows:

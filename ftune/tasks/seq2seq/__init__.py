@@ -202,19 +202,27 @@ class Seq2SeqTask(Task):
         return {self.output_name: output["prediction"]}
 
     def model_card_usage(self, config, state, run_path):
-        cls = self.peft_model_class if config.lora else self.model_class
-        module = "peft" if config.lora else "transformers"
-        return (f"from {module} import {cls}\nfrom transformers import AutoTokenizer\n\n"
-                f"model = {cls}.from_pretrained(\"{run_path}\")\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\")\n"
-                f"inputs = tokenizer([{state.source_prefix!r} + text], truncation=True, "
-                f"return_tensors=\"pt\")\n"
-                f"output = tokenizer.decode(model.generate(**inputs, max_new_tokens="
-                f"{config.task_options.max_target_length})[0], skip_special_tokens=True)")
+        return generation_usage(self, config, state, run_path)
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def generation_usage(task: Task, config, state: Seq2SeqState, run_path: str, tokenizer_args: Optional[dict] = None,
+                     generate_args: Optional[dict] = None) -> str:
+    """Python for the model card that loads a seq2seq run and generates from one text with its prefix;
+    `tokenizer_args` go to the tokenizer (a translation model's languages), `generate_args` to `generate`."""
+    cls = task.peft_model_class if config.lora else task.model_class
+    module = "peft" if config.lora else "transformers"
+    tokenizer_extra = "".join(f", {k}={v!r}" for k, v in (tokenizer_args or {}).items())
+    generate_extra = "".join(f", {k}={v}" for k, v in (generate_args or {}).items())
+    return (f"from {module} import {cls}\nfrom transformers import AutoTokenizer\n\n"
+            f"model = {cls}.from_pretrained(\"{run_path}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\"{tokenizer_extra})\n"
+            f"inputs = tokenizer([{state.source_prefix!r} + text], truncation=True, return_tensors=\"pt\")\n"
+            f"output = tokenizer.decode(model.generate(**inputs, max_new_tokens="
+            f"{config.task_options.max_target_length}{generate_extra})[0], skip_special_tokens=True)")
 
 
 def seq2seq_model_info(task: Task, source) -> tuple[str, Optional[int]]:

@@ -31,6 +31,7 @@ from ftune.tasks.seq2seq import (
     Seq2SeqTask,
     as_text,
     examples_table,
+    generation_usage,
     mean_generated_length,
 )
 from ftune.tasks.state import saved_when_set
@@ -235,18 +236,7 @@ class TranslateTask(Seq2SeqTask):
                 raise UsageError(f"{name} has no {self.source_role} in column '{key}'; give every row one")
 
     def model_card_usage(self, config, state, run_path):
-        cls = self.peft_model_class if config.lora else self.model_class
-        module = "peft" if config.lora else "transformers"
-        languages = state.tokenizer_languages or {}
-        tokenizer_args = "".join(f", {k}={v!r}" for k, v in languages.items())
-        generation = "".join(f", {k}={v}" for k, v in (state.generation or {}).items())
-        return (f"from {module} import {cls}\nfrom transformers import AutoTokenizer\n\n"
-                f"model = {cls}.from_pretrained(\"{run_path}\")\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{run_path}\"{tokenizer_args})\n"
-                f"inputs = tokenizer([{state.source_prefix!r} + text], truncation=True, "
-                f"return_tensors=\"pt\")\n"
-                f"output = tokenizer.decode(model.generate(**inputs, max_new_tokens="
-                f"{config.task_options.max_target_length}{generation})[0], skip_special_tokens=True)")
+        return generation_usage(self, config, state, run_path, state.tokenizer_languages, state.generation)
 
 
 TASK = TranslateTask()
