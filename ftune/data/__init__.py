@@ -18,7 +18,7 @@ from ftune.data.columns import (
     missing_rows,
     pick_column,
 )
-from ftune.data.rows import ID_COLUMNS, RowNames, describe_row_groups, describe_rows, row_ids, row_names
+from ftune.data.rows import ID_COLUMNS, RowNames, describe_row_groups, describe_rows, quoted, row_ids, row_names
 from ftune.data.sources import FILE_READERS, files_by_split, load_source, quiet_datasets, require_regular, split_of
 from ftune.data.split import (
     EVAL_SPLIT_NAMES,
@@ -37,6 +37,6 @@ __all__ = [
     "build_held_out_split", "carve_indices", "check_no_missing", "check_split_filled", "check_split_text",
     "check_text_columns", "column_list", "derived_fingerprint", "describe_row_groups", "describe_rows",
     "files_by_split", "fingerprint", "held_out_differences", "load_source", "missing_rows", "pick_column",
-    "quiet_datasets", "reload_held_out_split", "require_regular", "row_ids", "row_names", "split_of", "take_rows",
-    "tokenize_rows", "with_column",
+    "quiet_datasets", "quoted", "reload_held_out_split", "require_regular", "row_ids", "row_names", "split_of",
+    "take_rows", "tokenize_rows", "with_column",
 ]

@@ -58,6 +58,11 @@ def describe_row_groups(groups: list[tuple[list[int], Any, str]], most: int = SH
     return "; ".join(parts) + (f" and {more} more" if more > 0 else "")
 
 
+def quoted(text: str, limit: int = 40) -> str:
+    """A value from the user's data as a message quotes it: in quotes, cut after `limit` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def _natural(name: str) -> list[tuple[int, Any]]:
     """A sort key that puts "line 9" before "line 10" and id "r2" before "r10"."""
     import re

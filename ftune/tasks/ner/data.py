@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import check_no_missing, check_text_columns, column_list, describe_rows, files_by_split
+from ftune.data import check_no_missing, check_text_columns, column_list, describe_rows, files_by_split, quoted
 from ftune.errors import UsageError
 from ftune.tasks.labels import feature_names, label_name
 
@@ -79,7 +79,7 @@ def read_conll(file: Path) -> list[dict[str, list[str]]]:
                 tokens, tags = [], []
                 continue
             if len(fields) < 2:
-                raise UsageError(f"{file} line {number} ({_short(line.strip())}) has no tag; a CoNLL line is a "
+                raise UsageError(f"{file} line {number} ({quoted(line.strip())}) has no tag; a CoNLL line is a "
                                  "token and its tag (the last column), with a blank line between sentences")
             tokens.append(fields[0])
             tags.append(fields[-1])
@@ -161,7 +161,3 @@ def joined_spans(words: list[str]) -> list[tuple[int, int]]:
         spans.append((at, at + len(word)))
         at += len(word) + 1
     return spans
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")

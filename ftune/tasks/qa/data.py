@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ftune.data import check_no_missing, check_text_columns, column_list, describe_rows, split_of
+from ftune.data import check_no_missing, check_text_columns, column_list, describe_rows, quoted, split_of
 from ftune.errors import UsageError
 
 
@@ -35,15 +35,15 @@ def row_answers(value: Any, start: Any, context: str) -> tuple[list[str], list[i
         if at is None or (isinstance(at, float) and math.isnan(at)):
             found = context.find(text)
             if found < 0:
-                raise ValueError(f"answer {_short(text)} is not in its context")
+                raise ValueError(f"answer {quoted(text)} is not in its context")
             resolved.append(found)
             continue
         at = int(at)
         if at < 0:  # Python would slice from the end and hide the mistake
             raise ValueError(f"answer_start {at} is negative")
         if context[at:at + len(text)] != text:
-            raise ValueError(f"answer_start {at} points at {_short(context[at:at + len(text)])}, not at the answer "
-                             f"{_short(text)}")
+            raise ValueError(f"answer_start {at} points at {quoted(context[at:at + len(text)])}, not at the answer "
+                             f"{quoted(text)}")
         resolved.append(at)
     return texts, resolved
 
@@ -129,7 +129,3 @@ def column_values(batch, name: Optional[str]) -> list:
         size = len(batch) if hasattr(batch, "column_names") else len(next(iter(batch.values())))
         return [None] * size
     return column_list(batch, name) if hasattr(batch, "column_names") else list(batch[name])
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
