@@ -131,7 +131,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="Rows per batch, for every engine.")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from ftune.cli.common import set_debug
+
+    set_debug(False)  # the libraries' warnings and loading bars stay away, as in ftune's own commands
     run, fp32, int8 = prepare(args.workdir, args)
     figures = measure(run, fp32, int8, args)
     import torch

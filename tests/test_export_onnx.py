@@ -311,10 +311,16 @@ def test_refusals_are_one_line_and_write_nothing(classify, lm_run, tiny_bert, tm
     assert not (run / "exports").exists()
 
 
-def test_eval_and_predict_name_an_export_and_other_commands_refuse_it(classify):
+def test_commands_that_take_a_run_refuse_an_export(classify, tmp_path):
     folder = classify[1]
-    assert_usage_error(invoke("merge", folder, "--output-dir", folder.parent / "merged"), "export of a run")
+    assert_usage_error(invoke("merge", folder, "--output-dir", tmp_path / "merged"), "export of a run")
     assert_usage_error(invoke("push", folder, "--repo", "jane/x", "--dry-run"), "export of a run")
+    other = tmp_path / "other"  # an export for another runtime: eval and predict do not score it in PyTorch
+    shutil.copytree(folder, other)
+    record = read_json(other / "export.json")
+    (other / "export.json").write_text(json.dumps({**record, "format": "gguf", "engine": "llamacpp"}))
+    assert_usage_error(invoke("predict", other, "--text", "a great cat"), "gguf export")
+    assert not (tmp_path / "merged").exists()
 
 
 def test_a_failed_verification_leaves_no_export(classify, tmp_path, monkeypatch):

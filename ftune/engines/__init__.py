@@ -12,8 +12,7 @@ from __future__ import annotations
 import tempfile
 from typing import Optional
 
-TRANSFORMERS = "transformers"
-ONNXRUNTIME = "onnxruntime"
+ONNXRUNTIME = "onnxruntime"     # the engine an ONNX export names in its export.json
 
 
 class Engine:
@@ -65,4 +64,9 @@ def open_engine(run, *, batch_size: Optional[int]) -> Engine:
         from ftune.engines.onnxruntime import OnnxExportEngine
 
         return OnnxExportEngine(run.path, batch_size=batch_size)
+    if run.export is not None:
+        from ftune.errors import UsageError
+
+        raise UsageError(f"{run.path} is a {run.export.get('format', 'model')} export, which ftune scores only in "
+                         "its own runtime; pass the run, or an ONNX export of it")
     return TransformersEngine(run, batch_size=batch_size)

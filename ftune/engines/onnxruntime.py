@@ -99,17 +99,16 @@ def load_tokenizer(folder: Path, input_names: list[str]):
 
 
 class OnnxExportEngine(Engine):
-    """An ONNX export folder opened once: its tokenizer and an onnxruntime session (`threads`: 0 is onnxruntime's
-    default, one per physical core)."""
+    """An ONNX export folder opened once: its tokenizer and an onnxruntime session."""
 
-    def __init__(self, folder: Path, *, batch_size: Optional[int], threads: int = 0):
+    def __init__(self, folder: Path, *, batch_size: Optional[int]):
         from ftune.errors import UsageError
 
         model_file = Path(folder) / MODEL_FILE
         if not model_file.is_file():
             raise UsageError(f"export {folder} has no {MODEL_FILE}; export the run again")
         self.batch_size = batch_size
-        self.session = inference_session(model_file, threads=threads)
+        self.session = inference_session(model_file)
         self.tokenizer = load_tokenizer(folder, [item.name for item in self.session.get_inputs()])
 
     def scorer(self, config, *, phase: str = "evaluating") -> OnnxScorer:
@@ -117,12 +116,11 @@ class OnnxExportEngine(Engine):
         return OnnxScorer(self.session, pad_token_id=self.tokenizer.pad_token_id or 0, batch_size=batch_size)
 
 
-def inference_session(model_file: Path, *, threads: int = 0):
-    """An onnxruntime session on the CPU for `model_file`."""
+def inference_session(model_file: Path):
+    """An onnxruntime session on the CPU for `model_file` (onnxruntime's threads: one per physical core)."""
     require_onnxruntime()
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its graph-optimisation notes are not the user's business
     return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])

@@ -25,13 +25,13 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
+from ftune.engines import ONNXRUNTIME
 from ftune.errors import RunFailed, UsageError
 from ftune.folders import CONFIG_FILE
 from ftune.rundir import SPLIT_FILE
 
 QUANTIZATIONS = ("fp32", "int8")
 DEFAULT_QUANTIZATION = "fp32"
-ENGINE = "onnxruntime"
 MODEL_FILE = "model.onnx"
 LOGITS_TOLERANCE = 1e-4         # fp32: the largest difference allowed between onnxruntime's logits and PyTorch's
 # The tasks an ONNX graph serves, with the transformers class of their model and the graph's outputs.
@@ -113,7 +113,7 @@ def export(model_dir: Path, out_dir: Path, *, quantize: str, run) -> dict[str, A
         verification = verify_on_held_out(run, model, tokenizer, out_dir, quantize)
     else:
         verification = verify_on_samples(model, tokenizer, task, out_dir, quantize)
-    return {"engine": ENGINE, "task": task, "model_file": MODEL_FILE, "inputs": inputs,
+    return {"engine": ONNXRUNTIME, "task": task, "model_file": MODEL_FILE, "inputs": inputs,
             "outputs": list(OUTPUT_NAMES[task]), "opset": graph_opset(out_dir / MODEL_FILE),
             "files": sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")),
             "verification": verification}
