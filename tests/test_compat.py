@@ -138,11 +138,14 @@ def test_the_checkpoint_hooks():
     from transformers.trainer_callback import CallbackHandler
     from transformers.trainer_utils import rotate_checkpoints
 
+    trainer_source = inspect.getsource(Trainer)
     assert _parameters(Trainer._save_checkpoint) == ["self", "model", "trial"]
+    assert "self._save_checkpoint(model, trial)" in trainer_source
     assert "save_total_limit=self.args.save_total_limit" in inspect.getsource(Trainer._save_checkpoint)
     assert _parameters(rotate_checkpoints)[:4] == ["output_dir", "save_total_limit", "best_model_checkpoint",
                                                    "use_mtime"]
     assert _parameters(Trainer.get_resumed_dataloader) == ["self", "dataloader", "num_batches"]
+    assert "self.get_resumed_dataloader(" in trainer_source
     assert _parameters(CallbackHandler.on_save)[:4] == ["self", "args", "state", "control"]
 
 
@@ -150,10 +153,12 @@ def test_the_checkpoint_hooks():
 # datasets
 
 
-def test_datasets_internals():
-    """ftune.data reads a column through a selection in Arrow's code (`_indices`), copies selected rows to a table
-    of their own (`InMemoryTable`, `MemoryMappedTable`) and fingerprints derived datasets (`_fingerprint`)."""
+def test_datasets_internals(tmp_path):
+    """ftune.data.tables reads a column through a selection in Arrow's code (`_indices`), copies selected rows to a
+    table of their own (`InMemoryTable`, or an Arrow file read as a `MemoryMappedTable`) that a Dataset is made on,
+    and fingerprints derived datasets (`_fingerprint`)."""
     import datasets
+    import pyarrow as pa
     from datasets.table import InMemoryTable, MemoryMappedTable
 
     ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"]})
@@ -162,9 +167,13 @@ def test_datasets_internals():
     selected = ds.select([2, 0])
     assert ds.data.column("text").take(selected._indices.column(0)).to_pylist() == ["c", "a"]
     assert ds.features.decode_column(["c", "a"], "text") == ["c", "a"]
-    assert isinstance(ds.data, InMemoryTable) and hasattr(ds.data, "table")
-    assert callable(MemoryMappedTable.from_file)
+    assert isinstance(ds.data, InMemoryTable)
     copy = datasets.Dataset(InMemoryTable(ds.data.table.take([2, 0])), info=ds.info.copy(), split=ds.split,
                             fingerprint="f" * 32)
     assert copy["text"] == ["c", "a"] and copy._fingerprint == "f" * 32
+    path = tmp_path / "rows.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, ds.data.table.schema) as writer:
+        writer.write_table(ds.data.table.take([1, 2]))
+    mapped = datasets.Dataset(MemoryMappedTable.from_file(str(path)), info=ds.info.copy(), fingerprint="d" * 32)
+    assert mapped["text"] == ["b", "c"]
     assert ds.add_column("n", [1, 2, 3], new_fingerprint="e" * 32)._fingerprint == "e" * 32

@@ -189,22 +189,6 @@ def test_stop_signals_are_handled_only_while_a_command_runs_and_only_once():
     assert signals.requested() is None
 
 
-def test_the_trainer_hooks_the_checkpoints_rely_on():
-    """transformers' parts FtuneTrainer overrides or calls (for tests/test_compat.py's list): the checkpoint save
-    that removes older checkpoints (FtuneTrainer suspends that and CheckpointMarker does it once the new one is
-    marked), the function that removes them, and the resumed dataloader (empty when nothing is left to train)."""
-    import inspect
-
-    from transformers import Trainer
-    from transformers.trainer_utils import rotate_checkpoints
-
-    assert list(inspect.signature(Trainer._save_checkpoint).parameters) == ["self", "model", "trial"]
-    assert "save_total_limit=self.args.save_total_limit" in inspect.getsource(Trainer._save_checkpoint)
-    assert list(inspect.signature(rotate_checkpoints).parameters)[:4] == [
-        "output_dir", "save_total_limit", "best_model_checkpoint", "use_mtime"]
-    assert list(inspect.signature(Trainer.get_resumed_dataloader).parameters) == ["self", "dataloader", "num_batches"]
-
-
 def test_the_launcher_exits_with_the_code_of_the_signal_that_stopped_the_ranks():
     from ftune.launch import _exit_code
 

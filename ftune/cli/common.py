@@ -116,7 +116,7 @@ def set_debug(debug: bool) -> None:
     import sys
     import warnings
 
-    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("ignore", append=True)  # last: filters set before (-W, PYTHONWARNINGS, pytest's) apply
     if "transformers" in sys.modules:  # already imported (e.g. in a test process): tell it directly
         sys.modules["transformers"].utils.logging.set_verbosity_error()
         sys.modules["transformers"].utils.logging.disable_progress_bar()
