@@ -76,7 +76,8 @@ def main() -> None:
     import torch
 
     from ftune.engines.llamacpp import LlamaCppModel
-    from ftune.export.gguf import generation_defaults, llamacpp_quantize, score_blocks, write_gguf
+    from ftune.export.gguf import generation_defaults, llamacpp_quantize, write_gguf
+    from ftune.export.gguf_verification import score_blocks
     from ftune.models import ModelSource
 
     torch.set_num_threads(args.threads)

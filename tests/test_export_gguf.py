@@ -359,7 +359,7 @@ def smollm2() -> Path:
 @needs_llamacpp
 def test_smollm2_lora_run_exported_as_q8_0_answers_in_llama_cpp_as_the_run_does(smollm2, tmp_path_factory):
     from ftune.engines.llamacpp import LlamaCppModel
-    from ftune.export.gguf import compare_greedy
+    from ftune.export.gguf_verification import compare_greedy
     from ftune.models import load_run_model, load_run_tokenizer
     from ftune.rundir import open_run
 
