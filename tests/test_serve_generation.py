@@ -21,7 +21,7 @@ import pytest
 
 from tests import tiny_models
 from tests.conftest import invoke, read_jsonl, train_run
-from tests.test_serve import Server, assert_error, start_servers, stop_servers
+from tests.test_serve import Server, assert_error, stop_servers
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -63,11 +63,18 @@ def long_gpt2(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(lm_run, long_gpt2):
-    found = start_servers({
-        "lm": (lm_run, "--api-key", KEY, "--max-batch-size", "8", "--max-wait-ms", "20"),
-        "bare": (long_gpt2, "--max-queue", "1"),
-    })
+def servers(request, long_gpt2):
+    """The lm run's server (with an API key) and the bare model's (a queue of one row); the bare model's loads while
+    the run trains."""
+    found = {"bare": Server(long_gpt2, "--max-queue", "1")}
+    try:
+        found["lm"] = Server(request.getfixturevalue("lm_run"), "--api-key", KEY, "--max-batch-size", "8",
+                             "--max-wait-ms", "20")
+        for server in found.values():
+            server.wait_ready()
+    except BaseException:
+        stop_servers(found)
+        raise
     yield found
     stop_servers(found)
 
@@ -313,3 +320,14 @@ def test_a_bare_model_a_full_queue_and_sigterm_drain(servers):
     assert finish[-1] == "length"   # the stream ran to its end
     assert queued["response"].status_code == 200
     assert server.process.wait(timeout=300) == 0
+
+
+def test_the_vllm_command_line(lm_run):
+    """What --engine vllm would run (vLLM itself needs a GPU: its refusal is tested in test_serve.py)."""
+    from ftune.serve import ServeOptions
+    from ftune.serve.vllm import vllm_command
+
+    command = vllm_command(ServeOptions(source=str(lm_run), port=8123, api_key=KEY, engine="vllm",
+                                        tensor_parallel_size=2))
+    assert command == ["vllm", "serve", str(lm_run.resolve()), "--host", "127.0.0.1", "--port", "8123",
+                       "--served-model-name", "chat-lm", "--api-key", KEY, "--tensor-parallel-size", "2"]

@@ -20,6 +20,7 @@ from ftune.serve.metrics import ServerMetrics
 MAX_BODY_BYTES = 8 * 1024 * 1024
 RETRY_AFTER_SECONDS = 1
 OPEN_PATHS = ("/health",)          # answered without the API key: the readiness probe
+TOO_LARGE = f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; send fewer rows per request"
 
 
 @dataclass
@@ -55,21 +56,23 @@ def build_app(served: Served):
     def error(status: int, message: str, code: str, headers: Optional[dict] = None, param: Optional[str] = None):
         return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
+    async def guard(scope, receive, send, call_next):
+        """Every request: the API key and the body limit first, then the endpoint; the metrics count what was
+        answered."""
         started = time.perf_counter()
-        try:
-            response = _refusal(request)
-            if response is None:
-                response = await call_next(request)
-        except Exception as exc:  # noqa: BLE001 — every failure is an error object; the server stays up
-            response = error(500, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}",
-                             "internal_error")
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
-        served.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        served.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                endpoint = getattr(route, "path", None) or "unmatched"
+                served.metrics.requests.labels(endpoint, str(message["status"])).inc()
+                served.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            await send(message)
+
+        refusal = _refusal(Request(scope))
+        if refusal is not None:
+            return await refusal(scope, receive, counted_send)
+        await call_next(scope, receive, counted_send)
 
     def _refusal(request: Request):
         if served.api_key and request.url.path not in OPEN_PATHS:
@@ -80,12 +83,8 @@ def build_app(served: Served):
                              "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _too_large()
+            return error(413, TOO_LARGE, "body_too_large")
         return None
-
-    def _too_large():
-        return error(413, f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; send fewer rows per "
-                     "request", "body_too_large")
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -95,6 +94,10 @@ def build_app(served: Served):
     async def overloaded(request: Request, exc: Overloaded):
         return error(503, f"the server is busy: {exc}; retry after {RETRY_AFTER_SECONDS} s", "overloaded",
                      headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(Exception)
+    async def failure(request: Request, exc: Exception):  # Starlette answers with it, then re-raises for the log
+        return error(500, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}", "internal_error")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -111,8 +114,7 @@ def build_app(served: Served):
         async for part in request.stream():
             body += part
             if len(body) > MAX_BODY_BYTES:
-                raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB; send fewer "
-                               "rows per request", code="body_too_large")
+                raise ApiError(413, TOO_LARGE, code="body_too_large")
         try:
             return json.loads(bytes(body))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -178,4 +180,22 @@ def build_app(served: Served):
     async def completions(request: Request):
         return await complete(request, chat=False)
 
-    return app
+    return _Guarded(app, guard)
+
+
+class _Guarded:
+    """A plain ASGI wrapper (not Starlette's BaseHTTPMiddleware, which stands between a streamed response and the
+    client's disconnect, so a client that left would not stop its generation)."""
+
+    def __init__(self, app, guard):
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            await self.guard(scope, receive, send, self.app)
+        except Exception as exc:  # noqa: BLE001 — answered already (a 500 error object): one line, the server goes on
+            from ftune import console
+
+            console.warn(f"{scope.get('path')}: {type(exc).__name__}: {' '.join(str(exc).split())}")
