@@ -3,9 +3,7 @@ onnxruntime, tokenizers and numpy only (no ftune, no PyTorch, no transformers)."
 
 from __future__ import annotations
 
-SETUP = '''import json
-
-import numpy as np
+SETUP = '''{json}import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
@@ -13,8 +11,7 @@ folder = "."  # this export folder
 session = ort.InferenceSession(f"{{folder}}/model.onnx", providers=["CPUExecutionProvider"])
 tokenizer = Tokenizer.from_file(f"{{folder}}/tokenizer.json")
 tokenizer.enable_truncation(max_length={max_length}{strategy})
-tokenizer.enable_padding(pad_id={pad_id}, pad_token={pad_token!r})
-id2label = json.load(open(f"{{folder}}/config.json"))["id2label"]
+tokenizer.enable_padding(pad_id={pad_id}, pad_token={pad_token!r}){labels}
 
 
 def feed(encodings):
@@ -23,6 +20,8 @@ def feed(encodings):
                "token_type_ids": [e.type_ids for e in encodings]}}
     return {{item.name: np.array(columns[item.name], dtype=np.int64) for item in session.get_inputs()}}
 '''
+
+LABELS = '\nid2label = json.load(open(f"{folder}/config.json"))["id2label"]'
 
 EXAMPLES = {
     "single-label": '''
@@ -64,7 +63,7 @@ print(list(zip(words, tags)))
     "qa": '''
 
 question, context = "{question}", "{context}"
-encoding = tokenizer.encode(question, context)
+encoding = tokenizer.encode(question, context)  # a longer context is cut here; ftune predict reads it in windows
 start, end = (output[0] for output in session.run(None, feed([encoding])))
 in_context = [i for i, sequence in enumerate(encoding.sequence_ids) if sequence == 1]
 first, last = max(((s, e) for s in in_context for e in in_context if s <= e < s + {max_answer_length}),
@@ -87,7 +86,8 @@ def readme(task: str, run, tokenizer, inputs: list[str], quantize: str) -> str:
     max_length = run.config.max_length if run is not None else 512
     setup = SETUP.format(max_length=max_length, strategy=', strategy="only_second"' if task == "qa" else "",
                          pad_id=tokenizer.pad_token_id or 0, pad_token=tokenizer.pad_token,
-                         inputs=", ".join(inputs))
+                         inputs=", ".join(inputs), json="" if task == "qa" else "import json\n\n",
+                         labels="" if task == "qa" else LABELS)
     example = EXAMPLES[kind].format(text="the film was a great story", threshold=getattr(options, "threshold", 0.5),
                                     words=["paris", "is", "the", "capital", "of", "france"],
                                     question="what is the capital of france?",
@@ -104,8 +104,8 @@ def readme(task: str, run, tokenizer, inputs: list[str], quantize: str) -> str:
     return (f"# ONNX export of {source}\n\n"
             f"`model.onnx` is one graph with dynamic batch and sequence axes: inputs {', '.join(inputs)} (int64, "
             f"batch x sequence), outputs {_outputs(task)}.{quantized} `export.json` says how it was made and how "
-            "it was verified in onnxruntime against PyTorch. The tokenizer files and `config.json` (with "
-            "`id2label`) are beside it.\n\n"
+            "it was verified in onnxruntime against PyTorch. The tokenizer files and `config.json`"
+            f"{'' if task == 'qa' else ' (with `id2label`)'} are beside it.\n\n"
             "## Run it with onnxruntime\n\n"
             "```bash\npip install onnxruntime tokenizers numpy\n```\n\n"
             f"```python\n{setup}{example}```\n{ftune_part}")
