@@ -1,7 +1,8 @@
 """`ftune export --format onnx` on trained tiny runs (classify, ner, qa; untrained weights would put argmaxes on
-near-ties): the folder it writes, the verification figures in export.json, `ftune eval` and `ftune predict` of the
-export through onnxruntime (equal to the run's), the README's example without ftune, int8, a LoRA run merged without
-changing it, `ftune push --export`, the folder safety rules and every refusal (one line, exit 2, nothing written)."""
+near-ties, so the tests that compare predictions across engines are marked numerics): the folder it writes, the
+verification figures in export.json, `ftune eval` and `ftune predict` of the export through onnxruntime (equal to
+the run's), the README's example without ftune, int8, a LoRA run merged without changing it, `ftune push --export`,
+the folder safety rules and every refusal (one line, exit 2, nothing written)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def qa(tmp_path_factory, tiny_bert):
 # ---- the folder and its figures -------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_classify_export_folder_record_and_verification(classify):
     run, folder, _, before = classify
     assert folder == run / "exports" / "onnx"
@@ -102,6 +104,7 @@ def test_classify_export_folder_record_and_verification(classify):
     assert run_digest(run) == before  # the run itself is as it was
 
 
+@pytest.mark.numerics
 def test_eval_of_the_export_gives_the_run_metrics_through_onnxruntime(classify, ner, qa):
     for run, folder in [classify[:2], ner, qa]:
         result = invoke("eval", folder)
@@ -117,6 +120,7 @@ def test_eval_of_the_export_gives_the_run_metrics_through_onnxruntime(classify, 
         assert [(p["id"], p["prediction"]) for p in theirs] == [(p["id"], p["prediction"]) for p in ours]
 
 
+@pytest.mark.numerics
 def test_predict_through_the_export_equals_the_run(classify, ner, qa):
     cases = [(classify[:2], ("--text", "a great cat", "--text", "the river was terrible and sad")),
              (ner, ("--text", "the happy cat runs to paris",)),
@@ -168,6 +172,7 @@ def readme_example(folder: Path) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.numerics
 def test_the_readme_examples_run_without_ftune_and_agree_with_it(classify, ner, qa):
     text, label, score = re.match(r"(.*) -> (\S+) (\S+)$", readme_example(classify[1])).groups()
     predicted = json.loads(invoke("predict", classify[1], "--text", text).stdout)
@@ -184,6 +189,7 @@ def test_the_readme_examples_run_without_ftune_and_agree_with_it(classify, ner, 
     assert answer == predicted["answer"]
 
 
+@pytest.mark.numerics
 def test_int8_records_the_metric_before_and_after(classify):
     run, fp32, int8, _ = classify
     assert int8 == run / "exports" / "onnx-int8"
@@ -200,6 +206,7 @@ def test_int8_records_the_metric_before_and_after(classify):
     assert metrics["eval_f1"] == pytest.approx(figures["metrics_onnxruntime"]["eval_f1"], abs=1e-12)
 
 
+@pytest.mark.numerics
 def test_ner_and_qa_exports(ner, qa):
     for (run, folder), task, outputs, metric in [(ner, "ner", ["logits"], "eval_f1"),
                                                  (qa, "qa", ["start_logits", "end_logits"], "eval_f1")]:
@@ -211,6 +218,7 @@ def test_ner_and_qa_exports(ner, qa):
     assert read_json(ner[1] / "config.json")["id2label"] == read_json(ner[0] / "config.json")["id2label"]
 
 
+@pytest.mark.numerics
 def test_a_lora_run_is_merged_without_changing_it(tmp_path_factory, tiny_bert):
     data = write_jsonl(tmp_path_factory.mktemp("data") / "sentiment.jsonl", sentiment_rows(96))
     run = train_run(tmp_path_factory, "classify", "lora", "--model", tiny_bert, "--data", data, "--lora",
@@ -225,6 +233,7 @@ def test_a_lora_run_is_merged_without_changing_it(tmp_path_factory, tiny_bert):
     assert record["verification"]["onnxruntime"] == read_json(run / "eval_results.json")["eval_f1"]
 
 
+@pytest.mark.numerics
 def test_text_pairs_through_a_graph_that_takes_token_type_ids(tmp_path_factory, tiny_bert):
     """A tokenizer that makes token_type_ids (the tiny one is told to, as BERT's own does): the graph takes them,
     and the onnxruntime engine, which reads the tokenizer without transformers' auto classes, gives them."""
@@ -351,6 +360,7 @@ def test_a_failed_verification_leaves_no_export(classify, tmp_path, monkeypatch)
     assert tree_digest(run) == before and not (run / "exports").exists()
 
 
+@pytest.mark.numerics
 def test_a_model_folder_exports_into_output_dir(tmp_path, classify):
     model = tmp_path / "model"
     shutil.copytree(classify[0], model, ignore=shutil.ignore_patterns("exports", "ftune.yaml", ".ftune*"))
@@ -393,6 +403,7 @@ def test_push_export_uploads_through_the_hub_client(classify, online, tmp_path):
 # ---- the other classify problems (slow: a run each) -------------------------------------------------------
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 @pytest.mark.parametrize("problem", ["multi-label", "regression"])
 def test_multi_label_and_regression_exports(problem, tmp_path_factory, tiny_bert):
