@@ -318,9 +318,10 @@ def test_llama_cpp_runs_the_export_as_the_source_does(tiny_llama, tmp_path):
 def test_k_quants_go_through_llama_cpp_and_name_their_fallbacks(tiny_llama, tmp_path):
     outcome = gguf_export(tiny_llama, tmp_path / "q4", "q4_k_m")
     # Every matrix of the tiny model has rows of 64 or 128 values, which do not divide into 256-value k-blocks.
-    assert outcome["fallback_tensors"] and all(not kind.endswith("_k") for kind in outcome["fallback_tensors"].values())
-    assert set(outcome["fallback_tensors"]) == {name for name in outcome["fallback_tensors"]
-                                                if name.endswith(".weight")}
+    matrices = {f"blk.{i}.{m}.weight" for i in range(2) for m in ("attn_q", "attn_k", "attn_v", "attn_output",
+                                                                  "ffn_gate", "ffn_up", "ffn_down")}
+    assert set(outcome["fallback_tensors"]) == matrices | {"token_embd.weight", "output.weight"}
+    assert not any(kind.endswith("_k") for kind in outcome["tensor_types"])
     figures = outcome["verification"]
     assert figures["perplexity_llamacpp"] == pytest.approx(figures["perplexity_source"], rel=0.25)
 

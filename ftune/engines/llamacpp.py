@@ -110,9 +110,12 @@ class LlamaCppModel:
 
     def _complete(self, ids: list[int], options, seed: Optional[int], on_text) -> str:
         sampling = options.temperature > 0
+        # Greedy: temperature 0 and the one likeliest token; llama.cpp's own defaults (top-k 40, min-p 0.05) do not
+        # apply, as transformers' do not in ftune.generation.
         kwargs = {"max_tokens": options.max_new_tokens, "temperature": options.temperature if sampling else 0.0,
-                  "top_p": (options.top_p or 1.0) if sampling else 1.0, "top_k": (options.top_k or 0) if sampling else 1,
-                  "min_p": 0.0, "repeat_penalty": options.repetition_penalty or 1.0}
+                  "top_p": (options.top_p or 1.0) if sampling else 1.0,
+                  "top_k": (options.top_k or 0) if sampling else 1, "min_p": 0.0,
+                  "repeat_penalty": options.repetition_penalty or 1.0}
         if seed is not None:
             kwargs["seed"] = seed
         if on_text is None:
