@@ -14,10 +14,12 @@ import typer
 
 from ftune import __version__, console
 from ftune.cli.common import guarded, set_debug
+from ftune.cli.export import export_command
 from ftune.cli.generate import generate_command
 from ftune.cli.recipes import recipes
 from ftune.cli.run_commands import eval_command, make_predict_command, merge_command
 from ftune.cli.runs import push_command, runs_command
+from ftune.cli.serve import serve_command
 from ftune.cli.sweep import make_sweep_app
 from ftune.cli.train_commands import make_train_command
 from ftune.cpu import process_speedups
@@ -55,6 +57,8 @@ COMMANDS = [
     ("predict", make_predict_command(_TASKS), "Use a run"),
     ("generate", generate_command, "Use a run"),
     ("merge", merge_command, "Use a run"),
+    ("serve", serve_command, "Use a run"),
+    ("export", export_command, "Use a run"),
     ("runs", runs_command, "Runs"),
     ("push", push_command, "Runs"),
     ("recipes", recipes, "Recipes"),
