@@ -3,6 +3,7 @@
     python bench/serve_speed.py                     # classify (MiniLM on aclsum), then lm (SmolLM2-135M)
     python bench/serve_speed.py --skip-lm           # classify only
     python bench/serve_speed.py --continuous-batching   # lm: also transformers' own generate_batch, in process
+    python bench/serve_speed.py --threads 1         # both servers with one thread each (OMP_NUM_THREADS=1)
 
 Classify: a MiniLM-L6 classify run (trained here on aclsum's summary sentences, 1 epoch) served two ways on the same
 machine: `ftune serve RUN` (requests batched together) and a FastAPI + `pipeline("text-classification")` server with
@@ -241,12 +242,17 @@ def main() -> None:
     parser.add_argument("--skip-lm", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
     parser.add_argument("--continuous-batching", action="store_true")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both servers (default: torch's, one per "
+                        "core); on a machine whose cores are busy with other work, 1 avoids threads waiting on "
+                        "each other")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the servers and the training run inherit it
     with tempfile.TemporaryDirectory(prefix="ftune-serve-bench-") as folder:
         scratch = Path(folder)
         if not args.skip_classify:
-            print(f"MiniLM-L6 classify run (aclsum), one sentence per request, {os.cpu_count()} CPU cores; median of "
-                  f"{args.rounds} interleaved rounds")
+            print(f"MiniLM-L6 classify run (aclsum), one sentence per request, {os.cpu_count()} CPU cores, "
+                  f"{args.threads or 'default'} threads per server; median of {args.rounds} interleaved rounds")
             print(bench_classify(scratch, args), flush=True)
         if not args.skip_lm:
             print(f"\nSmolLM2-135M-Instruct (.gguf, dequantised), greedy, at most {args.max_tokens} tokens per "
