@@ -24,6 +24,10 @@ def tokenize_rows(rows, encode: Callable, config, *, desc: str, **kwargs):
     tokenizer and options reads the features back instead of tokenising again."""
     workers = getattr(config, "preprocessing_workers", 1) or 1
     num_proc = workers if workers > 1 and len(rows) >= 1000 * workers else None
+    if not rows.cache_files and "new_fingerprint" not in kwargs:
+        # Rows held in memory (ftune predict's, a served request's) are never cached, so hashing `encode` (with
+        # its tokenizer: tens of milliseconds for a real vocabulary) would buy nothing on every call.
+        kwargs["new_fingerprint"] = derived_fingerprint(rows, "tokenize_rows", desc)
     return rows.map(encode, batched=True, remove_columns=rows.column_names, desc=desc, num_proc=num_proc, **kwargs)
 
 
