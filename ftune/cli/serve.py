@@ -25,7 +25,8 @@ def serve_command(
                                                "its batch.")] = 5.0,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Most rows waiting; beyond it requests get 503 with "
                                            "Retry-After.")] = 256,
-    engine: Annotated[str, typer.Option("--engine", help="transformers: ftune's own server; vllm: vLLM's "
+    engine: Annotated[str, typer.Option("--engine", help="transformers: ftune's own server; llamacpp: a .gguf "
+                                        "file through llama.cpp (pip install 'ftune[llamacpp]'); vllm: vLLM's "
                                         "OpenAI-compatible server (lm runs, CUDA GPUs).")] = "transformers",
     tensor_parallel_size: Annotated[Optional[int], typer.Option("--tensor-parallel-size", help="GPUs to split the "
                                                                 "model over (--engine vllm).")] = None,
@@ -36,7 +37,7 @@ def serve_command(
 
     try:
         from ftune.serve import ServeOptions, serve
-        if engine == "transformers":
+        if engine != "vllm":
             import fastapi  # noqa: F401 — the extra's packages, checked before anything loads
             import uvicorn  # noqa: F401
     except ImportError as exc:

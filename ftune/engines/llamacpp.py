@@ -84,6 +84,11 @@ class LlamaCppModel:
     def _token_text(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
 
+    def prompt_ids(self, text: str, *, chat: bool) -> list[int]:
+        """A prompt's token ids for generation: a chat text (from `chat_prompt`) already holds the BOS the model
+        expects and its special tokens, written as text; a plain prompt gets the BOS the file says to add."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=not chat, special=chat)
+
     def generate_texts(self, prompts: list[str], options, *, chat: bool = False,
                        on_text: Optional[Callable[[str], None]] = None) -> list[list[str]]:
         """For each prompt, its `num_return_sequences` generated texts (without the prompt); `on_text` receives
@@ -94,8 +99,7 @@ class LlamaCppModel:
         results = []
         for prompt in prompts:
             text = self.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
-            # A chat template already put in the BOS the model expects.
-            ids = self.llm.tokenize(text.encode("utf-8"), add_bos=not chat, special=chat)
+            ids = self.prompt_ids(text, chat=chat)
             room = self.context - options.max_new_tokens
             if room < 1:
                 raise UsageError(f"--max-new-tokens {options.max_new_tokens} leaves no room for a prompt in the "
@@ -109,15 +113,7 @@ class LlamaCppModel:
         return results
 
     def _complete(self, ids: list[int], options, seed: Optional[int], on_text) -> str:
-        sampling = options.temperature > 0
-        # Greedy: temperature 0 and the one likeliest token; llama.cpp's own defaults (top-k 40, min-p 0.05) do not
-        # apply, as transformers' do not in ftune.generation.
-        kwargs = {"max_tokens": options.max_new_tokens, "temperature": options.temperature if sampling else 0.0,
-                  "top_p": (options.top_p or 1.0) if sampling else 1.0,
-                  "top_k": (options.top_k or 0) if sampling else 1, "min_p": 0.0,
-                  "repeat_penalty": options.repetition_penalty or 1.0}
-        if seed is not None:
-            kwargs["seed"] = seed
+        kwargs = completion_settings(options, seed)
         if on_text is None:
             return self.llm.create_completion(ids, **kwargs)["choices"][0]["text"]
         pieces = []
@@ -129,6 +125,20 @@ class LlamaCppModel:
 
     def close(self) -> None:
         self.llm.close()
+
+
+def completion_settings(options, seed: Optional[int]) -> dict:
+    """llama.cpp's `create_completion` settings for ftune's `GenerationOptions` (and one choice's seed)."""
+    sampling = options.temperature > 0
+    # Greedy: temperature 0 and the one likeliest token; llama.cpp's own defaults (top-k 40, min-p 0.05) do not
+    # apply, as transformers' do not in ftune.generation.
+    settings = {"max_tokens": options.max_new_tokens, "temperature": options.temperature if sampling else 0.0,
+                "top_p": (options.top_p or 1.0) if sampling else 1.0,
+                "top_k": (options.top_k or 0) if sampling else 1, "min_p": 0.0,
+                "repeat_penalty": options.repetition_penalty or 1.0}
+    if seed is not None:
+        settings["seed"] = seed
+    return settings
 
 
 def _threads() -> int:
@@ -171,7 +181,7 @@ def gguf_file_of(model: str, gguf_file: Optional[str] = None) -> Path:
     source = ModelSource.parse(model, gguf_file)
     if not source.gguf:
         raise UsageError(f"--engine {LLAMACPP} runs a .gguf file, and {model} is not one; pass a .gguf file or a "
-                         "GGUF export folder to --model (`ftune export RUN --format gguf` makes one)")
+                         "GGUF export folder (`ftune export RUN --format gguf` makes one)")
     return Path(source.gguf)
 
 

@@ -8,8 +8,9 @@ file) gets the OpenAI-compatible `/v1/chat/completions` and `/v1/completions`; e
 The engine is the seam for other runtimes: `ENGINES` names, for each `--engine`, the module that serves with it.
 A module gives `serve(options)`, which checks everything it can before it says it is ready and then serves until
 it is stopped. `transformers` is ftune's own server (ftune.serve.server: this package's app, batching and
-generation, over the run's engine from ftune.engines, so an ONNX export is served by onnxruntime); `vllm` hands a
-generative run to vLLM's own OpenAI-compatible server (ftune.serve.vllm).
+generation, over the run's engine from ftune.engines, so an ONNX export is served by onnxruntime); `llamacpp` serves
+a .gguf file through llama.cpp behind the same app (ftune.serve.llamacpp); `vllm` hands a generative run to vLLM's
+own OpenAI-compatible server (ftune.serve.vllm).
 
 Imported only when `ftune serve` runs: the CLI stays light.
 """
@@ -22,7 +23,7 @@ from typing import Optional
 
 from ftune.errors import UsageError
 
-ENGINES = {"transformers": "ftune.serve.server", "vllm": "ftune.serve.vllm"}
+ENGINES = {"transformers": "ftune.serve.server", "llamacpp": "ftune.serve.llamacpp", "vllm": "ftune.serve.vllm"}
 
 
 @dataclass

@@ -31,7 +31,7 @@ def serve(options) -> None:
     sock = bind(options.host, options.port)
     with contextlib.closing(sock):
         served = load(run, options)
-        _run(served, sock, options)
+        run_server(served, sock, options)
 
 
 def _open(source: str):
@@ -70,31 +70,36 @@ def bind(host: str, port: int) -> socket.socket:
 
 def load(run, options):
     """The model loaded once, behind the endpoints it takes (ftune.serve.app.Served)."""
-    from ftune.serve.app import Served
-    from ftune.serve.batching import Batcher
-    from ftune.serve.metrics import ServerMetrics
-
-    metrics = ServerMetrics()
-    batcher = Batcher(max_batch_size=options.max_batch_size, max_wait_s=options.max_wait_ms / 1000,
-                      max_queue=options.max_queue, on_batch=metrics.batch_rows.observe,
-                      on_queue=metrics.queue_rows.set)
     name = options.model_name or _default_name(run, options.source)
-    served = Served(model_name=name, batcher=batcher, metrics=metrics, api_key=options.api_key,
-                    no_predict=NO_PREDICT_MODEL if run is None else NO_PREDICT_LM)
+    served = new_served(options, name, no_predict=NO_PREDICT_MODEL if run is None else NO_PREDICT_LM,
+                        max_batch_size=options.max_batch_size)
     if run is not None and run.task.predict_inputs:
         from ftune.prediction import Predictor
         from ftune.serve.predict import PredictService
 
-        served.predict = PredictService(Predictor(run, batch_size=options.max_batch_size), batcher)
+        served.predict = PredictService(Predictor(run, batch_size=options.max_batch_size), served.batcher)
     if run is None or run.task.generates_text:
         from ftune.generation import load_generation_model
         from ftune.serve.generator import Generator
         from ftune.serve.openai_api import CompletionsService
 
         model, tokenizer = load_generation_model(options.source if run is None else str(run.path))
-        generator = Generator(model, tokenizer, on_tokens=metrics.generated_tokens.inc)
-        served.completions = CompletionsService(generator, batcher, name)
+        generator = Generator(model, tokenizer, on_tokens=served.metrics.generated_tokens.inc)
+        served.completions = CompletionsService(generator, served.batcher, name)
     return served
+
+
+def new_served(options, name: str, *, no_predict: str, max_batch_size: int):
+    """A Served under `name` with its metrics and batch queue, its endpoints not yet given."""
+    from ftune.serve.app import Served
+    from ftune.serve.batching import Batcher
+    from ftune.serve.metrics import ServerMetrics
+
+    metrics = ServerMetrics()
+    batcher = Batcher(max_batch_size=max_batch_size, max_wait_s=options.max_wait_ms / 1000,
+                      max_queue=options.max_queue, on_batch=metrics.batch_rows.observe,
+                      on_queue=metrics.queue_rows.set)
+    return Served(model_name=name, batcher=batcher, metrics=metrics, api_key=options.api_key, no_predict=no_predict)
 
 
 def _default_name(run, source: str) -> str:
@@ -105,7 +110,8 @@ def _default_name(run, source: str) -> str:
     return ModelSource.parse(source).display_name
 
 
-def _run(served, sock: socket.socket, options) -> None:
+def run_server(served, sock: socket.socket, options) -> None:
+    """uvicorn serving `served` on the bound socket until a stop signal; the ready line once it listens."""
     import uvicorn
 
     from ftune.serve.app import build_app
