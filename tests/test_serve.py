@@ -80,19 +80,19 @@ def stop_servers(servers: dict[str, Server]) -> None:
         server.stop()
 
 
-def assert_same_answers(served, expected, where: str = "") -> None:
-    """Equal labels, answers and texts; numbers within SCORE_TOLERANCE."""
+def assert_same_answers(served, expected, where: str = "", tolerance: float = SCORE_TOLERANCE) -> None:
+    """Equal labels, answers and texts; numbers within `tolerance`."""
     if isinstance(expected, float) or isinstance(served, float):
-        assert isinstance(served, (int, float)) and abs(served - expected) <= SCORE_TOLERANCE, \
+        assert isinstance(served, (int, float)) and abs(served - expected) <= tolerance, \
             f"{where}: {served} != {expected}"
     elif isinstance(expected, dict):
         assert isinstance(served, dict) and served.keys() == expected.keys(), f"{where}: {served} != {expected}"
         for key in expected:
-            assert_same_answers(served[key], expected[key], f"{where}.{key}")
+            assert_same_answers(served[key], expected[key], f"{where}.{key}", tolerance)
     elif isinstance(expected, list):
         assert isinstance(served, list) and len(served) == len(expected), f"{where}: {served} != {expected}"
         for index, (a, b) in enumerate(zip(served, expected)):
-            assert_same_answers(a, b, f"{where}[{index}]")
+            assert_same_answers(a, b, f"{where}[{index}]", tolerance)
     else:
         assert served == expected, f"{where}: {served!r} != {expected!r}"
 
@@ -216,6 +216,35 @@ def test_predict_answers_equal_ftune_predict(name, servers, references):
         assert_same_answers(alone.json()["predictions"], [expected], name)
 
 
+@pytest.mark.parametrize("name", list(ROWS))
+def test_predictions_come_from_the_forward_pass_as_from_the_trainer(name, runs):
+    """The predict path scores with the model's forward pass (ftune.engines.ForwardScorer) where the task's Trainer
+    scores by one forward pass, and with that Trainer where it generates: raw outputs within 1e-6 of the inference
+    Trainer's (padding across batches included: batches of 3 rows of varied lengths), answers equal."""
+    import datasets
+    import numpy as np
+
+    from ftune.engines import ForwardScorer, TransformersEngine
+    from ftune.rundir import open_run
+
+    run = open_run(runs[name])
+    task, config, state = run.task, run.config, run.state
+    rows, names = ROWS[name], [f"row {i}" for i in range(len(ROWS[name]))]
+    with TransformersEngine(run, batch_size=3) as engine:
+        scorer = engine.scorer(config, phase="predicting")
+        trainer = engine.scorer(config, phase="evaluating")
+        assert isinstance(scorer, ForwardScorer) == (not task.generates_text), type(scorer)
+        assert not isinstance(trainer, ForwardScorer)
+        features = task.features(config, engine.tokenizer, datasets.Dataset.from_list(rows), state, purpose="predict")
+        inputs, _ = task.scoring_inputs(features)
+        direct, by_trainer = (s.predict(inputs, metric_key_prefix="predict").predictions for s in (scorer, trainer))
+        for a, b in zip(*(p if isinstance(p, tuple) else (p,) for p in (direct, by_trainer))):
+            assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        answers = [task.predict(config, s, engine.tokenizer, state, rows, names) for s in (scorer, trainer)]
+    assert_same_answers(answers[0], answers[1], name, tolerance=1e-6)
+
+
 def test_bare_strings_extra_fields_and_settings(servers, runs, references, tmp_path):
     classify = servers["classify"]
     texts = [row["text"] for row in ROWS["classify"][:3]]
@@ -295,6 +324,37 @@ def test_concurrent_requests_answer_as_one_at_a_time(servers):
     metrics = httpx.get(server.url + "/metrics").text
     assert re.search(r'ftune_requests_total\{endpoint="/v1/predict",status="200"\} (\d+)', metrics)
     assert "ftune_batch_rows_count" in metrics and "ftune_queue_rows" in metrics
+
+
+def test_a_lone_request_runs_at_once_and_requests_that_queue_behind_a_batch_share_one():
+    """The batcher waits for company only when there is some: a job that finds the worker idle and the queue empty
+    runs without waiting --max-wait-ms (here an hour), jobs that arrive while a batch runs are batched together."""
+    import threading
+
+    from ftune.serve.batching import Batcher, Job
+
+    batches, started, release = [], threading.Event(), threading.Event()
+
+    def run_batch(jobs):
+        batches.append([job.payload for job in jobs])
+        started.set()
+        release.wait()
+        for job in jobs:
+            job.finish(job.payload)
+
+    batcher = Batcher(max_batch_size=2, max_wait_s=3600, max_queue=10)
+    batcher.start()
+    try:
+        lone = batcher.submit(Job(key="k", rows=1, run_batch=run_batch, payload="lone"))
+        started.wait()
+        behind = [batcher.submit(Job(key="k", rows=1, run_batch=run_batch, payload=p)) for p in ("b", "c")]
+        release.set()
+        # An hour's wait would end these tests long before: the answers come from batches that did not wait.
+        assert [job.future.result(timeout=600) for job in (lone, *behind)] == ["lone", "b", "c"]
+    finally:
+        release.set()
+        batcher.stop()
+    assert batches == [["lone"], ["b", "c"]]
 
 
 # ---- bad requests -------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ worker thread runs every batch, so the model is used by one call at a time.
 A `Job` is one request's work: how many rows it adds to a batch, a `key` (jobs with equal keys can share a
 batch: the same settings, the same kind of rows) and the function that runs a batch of such jobs. The worker
 takes the oldest job, waits at most `max_wait_s` for more while the batch has room, adds every waiting job with
-the same key in arrival order up to `max_batch_size` rows (a job larger than that runs alone), and runs them.
+the same key in arrival order up to `max_batch_size` rows (a job larger than that runs alone), and runs them. A job
+that finds the worker idle and the queue empty runs at once: nothing suggests company is coming (one client at a
+time), whereas a job that arrives while a batch runs waits for the others that arrive meanwhile.
 Past `max_queue` waiting rows a new job is refused (`Overloaded`: the server answers 503 with Retry-After).
 """
 
@@ -29,6 +31,7 @@ class Job:
         self.future: Future = Future()
         self.cancelled = threading.Event()   # the client went away: the batch function may stop its work
         self.enqueued = time.monotonic()
+        self.alone = False                   # it found the worker idle and the queue empty: it does not wait
 
     def finish(self, value: Any) -> None:
         if not self.future.done():
@@ -52,6 +55,7 @@ class Batcher:
         self._waiting_rows = 0
         self._condition = threading.Condition()
         self._stopping = False
+        self._running = False                # the worker is running a batch
         self._thread = threading.Thread(target=self._work, name="ftune-serve-batches", daemon=True)
 
     def start(self) -> None:
@@ -70,6 +74,7 @@ class Batcher:
                 raise Overloaded("the server is stopping")
             if self._jobs and self._waiting_rows + job.rows > self.max_queue:
                 raise Overloaded(f"{self._waiting_rows} rows are waiting already (--max-queue {self.max_queue})")
+            job.alone = not self._jobs and not self._running
             self._jobs.append(job)
             self._waiting_rows += job.rows
             self._on_queue(self._waiting_rows)
@@ -89,6 +94,9 @@ class Batcher:
             except BaseException as exc:  # noqa: BLE001 — the requests get the error, the worker goes on
                 for job in batch:
                     job.fail(exc)
+            finally:
+                with self._condition:
+                    self._running = False
 
     def _next_batch(self) -> Optional[list[Job]]:
         with self._condition:
@@ -103,7 +111,7 @@ class Batcher:
             if not self._jobs:
                 return []
             first = self._jobs[0]
-            deadline = first.enqueued + self.max_wait_s
+            deadline = first.enqueued + (0 if first.alone else self.max_wait_s)
             while (not self._stopping and self._rows_like(first) < self.max_batch_size
                    and (left := deadline - time.monotonic()) > 0):
                 self._condition.wait(left)
@@ -115,6 +123,7 @@ class Batcher:
                     self._jobs.remove(job)
             self._waiting_rows -= rows
             self._on_queue(self._waiting_rows)
+            self._running = True
             return batch
 
     def _rows_like(self, first: Job) -> int:
