@@ -2,7 +2,8 @@
 
 `/v1/predict` answers equal `ftune predict`'s for the same rows (classify single-label, multi-label and regression,
 ner, qa, summarize, translate), in one request and row by row; 200 requests from 16 concurrent clients give the
-answers of the same rows sent one at a time; every bad request is an error object with its status and the server
+answers of the same rows sent one at a time; the predict path's forward-pass scorer gives the inference Trainer's
+outputs; a lone request does not wait for company; every bad request is an error object with its status and the server
 answers the next good request; the command's own refusals are one line and exit code 2.
 
 The helpers at the top (`Server`, `stop_servers`, `assert_error`) serve tests/test_serve_generation.py too.
