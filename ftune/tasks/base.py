@@ -5,11 +5,11 @@ which model class it trains, how raw model outputs become one answer per row, an
 Everything else — LoRA wrapping, precision, seeds, splits, saving, the run directory, errors — lives once in
 the spine, and this base class owns the one evaluate path and the one predict path:
 
-    rows --features()--> model inputs --Trainer.predict, rows in order--> raw outputs
+    rows --features()--> model inputs --scorer.predict, rows in order--> raw outputs
          --decode()--> one output per row --metrics()--> scores
 
-Tasks supply `features`, `decode`, `references` and `metrics`; the base owns batching (through the Trainer,
-whose evaluation keeps rows in order), the ids, the `eval_` names, the loss and the sample counts. The
+Tasks supply `features`, `decode`, `references` and `metrics`; the base owns batching (through the scorer an
+engine gives: the Trainer or a forward pass, rows kept in order), the ids, the `eval_` names, the loss and the sample counts. The
 evaluations during training score with the same `decode` and `metrics` (`metrics_function`), so the best
 checkpoint is chosen by exactly the figure that is reported at the end.
 
