@@ -9,9 +9,9 @@ the spine, and this base class owns the one evaluate path and the one predict pa
          --decode()--> one output per row --metrics()--> scores
 
 Tasks supply `features`, `decode`, `references` and `metrics`; the base owns batching (through the scorer an
-engine gives: the Trainer or a forward pass, rows kept in order), the ids, the `eval_` names, the loss and the sample counts. The
-evaluations during training score with the same `decode` and `metrics` (`metrics_function`), so the best
-checkpoint is chosen by exactly the figure that is reported at the end.
+engine gives: the Trainer or a forward pass, rows kept in order), the ids, the `eval_` names, the loss and the
+sample counts. The evaluations during training score with the same `decode` and `metrics` (`metrics_function`),
+so the best checkpoint is chosen by exactly the figure that is reported at the end.
 
 Task modules import no torch or transformers at import time: the CLI reads their options and help cheaply.
 """
