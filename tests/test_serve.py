@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -201,6 +202,22 @@ def references(runs, tmp_path_factory):
 
 def post(server: Server, path: str, body, **kwargs):
     return httpx.post(server.url + path, json=body, timeout=120, **kwargs)
+
+
+def completions_sent_at_once(send, prompts: list[str], max_tokens: int) -> list[dict]:
+    """One /v1/completions request per prompt, all sent at once from threads (`send(body)` posts one); the answers
+    in the prompts' order."""
+    answers = [None] * len(prompts)
+
+    def ask(index):
+        answers[index] = send({"prompt": prompts[index], "max_tokens": max_tokens}).json()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
 
 
 # ---- the answers ----------------------------------------------------------------------------------------

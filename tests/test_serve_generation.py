@@ -21,7 +21,7 @@ import pytest
 
 from tests import tiny_models
 from tests.conftest import invoke, read_jsonl, train_run
-from tests.test_serve import Server, assert_error, stop_servers
+from tests.test_serve import Server, assert_error, completions_sent_at_once, stop_servers
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -128,16 +128,7 @@ def test_greedy_answers_equal_ftune_generate_batched_or_alone(servers, lm_run):
     together = post(server, "/v1/completions", {"prompt": PROMPTS, "max_tokens": MAX_TOKENS}).json()
     assert [c["text"] for c in together["choices"]] == expected
     # One request per prompt, sent at once: they share batches of other sizes and paddings.
-    answers = [None] * len(PROMPTS)
-
-    def ask(index):
-        answers[index] = post(server, "/v1/completions", {"prompt": PROMPTS[index], "max_tokens": MAX_TOKENS}).json()
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = completions_sent_at_once(lambda body: post(server, "/v1/completions", body), PROMPTS, MAX_TOKENS)
     assert [a["choices"][0]["text"] for a in answers] == expected
     first = answers[0]
     assert first["object"] == "text_completion" and first["choices"][0]["finish_reason"] in ("length", "stop")

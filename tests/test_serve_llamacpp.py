@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import threading
 
 import pytest
 
 from tests import tiny_models
 from tests.conftest import invoke, read_jsonl, train_run
 from tests.test_errors import assert_usage_error
-from tests.test_serve import Server, assert_error
+from tests.test_serve import Server, assert_error, completions_sent_at_once
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -97,16 +96,7 @@ def test_greedy_answers_equal_ftune_generate_with_llama_cpp(server, gguf_export,
     assert f"{file.stem} ready at" in server.ready_line and "POST /v1/chat/completions" in server.ready_line
     expected = [generate(folder, "--prompt", prompt)[0] for prompt in PROMPTS]
     assert all(text.isprintable() and text.strip() for text in expected), expected  # whole characters, not garbage
-    answers = [None] * len(PROMPTS)
-
-    def ask(index):
-        answers[index] = post(server, "/v1/completions", {"prompt": PROMPTS[index], "max_tokens": MAX_TOKENS}).json()
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = completions_sent_at_once(lambda body: post(server, "/v1/completions", body), PROMPTS, MAX_TOKENS)
     assert [a["choices"][0]["text"] for a in answers] == expected
     together = post(server, "/v1/completions", {"prompt": PROMPTS, "max_tokens": MAX_TOKENS}).json()
     assert [c["text"] for c in together["choices"]] == expected
