@@ -183,7 +183,7 @@ class _Tracker:
 
     def _advance(self, row: int, completion: Completion, *, at_end: bool) -> None:
         text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
-        cut = _first_stop(text, completion.stop, self.sent[row])
+        cut = first_stop(text, completion.stop, self.sent[row])
         if cut is not None:
             self._emit(row, text[:cut], "stop")
         elif at_end:
@@ -191,7 +191,7 @@ class _Tracker:
         else:
             # Hold back an unfinished character and anything that may yet become a stop string.
             ready = len(text.rstrip("\ufffd"))
-            ready = min(ready, _stop_free_prefix(text, completion.stop))
+            ready = min(ready, stop_free_prefix(text, completion.stop))
             if ready > self.sent[row]:
                 self._emit(row, text[:ready], None)
 
@@ -205,7 +205,7 @@ class _Tracker:
     def _finish(self, row: int, reason: str) -> None:
         text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
         job, _ = self.rows[row]
-        cut = _first_stop(text, job.payload.stop, self.sent[row])
+        cut = first_stop(text, job.payload.stop, self.sent[row])
         self._emit(row, text if cut is None else text[:cut], reason)
 
     def close(self) -> None:
@@ -218,13 +218,13 @@ class _Tracker:
         return sum(len(self.ids[row]) for row, (owner, _) in enumerate(self.rows) if owner is job)
 
 
-def _first_stop(text: str, stops: list[str], since: int) -> Optional[int]:
+def first_stop(text: str, stops: list[str], since: int) -> Optional[int]:
     """Where the first stop string in `text` begins (looking only where it could not have been emitted yet)."""
     found = [i for stop in stops if (i := text.find(stop, max(0, since - len(stop) + 1))) >= 0]
     return min(found) if found else None
 
 
-def _stop_free_prefix(text: str, stops: list[str]) -> int:
+def stop_free_prefix(text: str, stops: list[str]) -> int:
     """How much of `text` can be sent: all of it but a tail that begins some stop string."""
     for start in range(max(0, len(text) - max((len(s) for s in stops), default=0) + 1), len(text)):
         if any(stop.startswith(text[start:]) for stop in stops):

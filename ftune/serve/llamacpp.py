@@ -16,7 +16,7 @@ import contextlib
 from typing import Callable, Optional
 
 from ftune.serve.batching import Job
-from ftune.serve.generator import Completion, Generator, Prompt, _first_stop, _stop_free_prefix
+from ftune.serve.generator import Completion, Generator, Prompt, first_stop, stop_free_prefix
 
 
 def serve(options) -> None:
@@ -127,7 +127,7 @@ class LlamaCppGenerator:
                 if job.cancelled.is_set():
                     return self._generated()
                 text += chunk["choices"][0]["text"]
-                cut = _first_stop(text, completion.stop, sent)
+                cut = first_stop(text, completion.stop, sent)
                 if cut is not None:
                     text, reason = text[:cut], "stop"
                     break
@@ -135,7 +135,7 @@ class LlamaCppGenerator:
                 if reason is not None:
                     break
                 # Hold back the end of the text while it may yet become a stop string.
-                ready = _stop_free_prefix(text, completion.stop)
+                ready = stop_free_prefix(text, completion.stop)
                 if ready > sent:
                     completion.emit(choice, text[sent:ready], None)
                     sent = ready
