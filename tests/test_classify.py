@@ -116,6 +116,22 @@ def test_eval_reproduces_training_metrics(full_run, ftune, tmp_path):
     assert "eval_accuracy" in result.stdout and "confusion matrix" in result.stdout
 
 
+def test_a_run_trained_on_a_relative_data_path_rescores_from_another_folder(tiny_bert, sentiment_file, tmp_path,
+                                                                           monkeypatch, ftune):
+    monkeypatch.chdir(sentiment_file.parent)
+    run = tmp_path / "run"
+    result = ftune("classify", "--model", tiny_bert, "--data", sentiment_file.name, "--output-dir", run,
+                   "--val-fraction", "0.25", *FAST, "--epochs", "1")
+    assert result.exit_code == 0, result
+    assert read_json(run / "split.json")["source"] == sentiment_file.name   # recorded as the user gave it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = ftune("eval", run, "--output-dir", tmp_path / "scored")
+    assert result.exit_code == 0, result
+    assert read_jsonl(tmp_path / "scored" / "eval_predictions.jsonl") == read_jsonl(run / "eval_predictions.jsonl")
+
+
 def test_config_and_labels_recorded(full_run):
     import yaml
 

@@ -11,6 +11,7 @@ import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ftune.config import MIN_TRAIN_ROWS
@@ -84,6 +85,8 @@ def build_held_out_split(source, *, data: str, data_config: Optional[str], train
     record = {"source": data, "data_config": data_config, "train_split": train_split, **method,
               "train_rows": len(train_indices), "rows": len(eval_indices), "fingerprint": fingerprint(eval_rows),
               "indices": eval_indices}
+    if Path(data).exists():  # a local path as given may be relative: where it was, for commands run elsewhere
+        record["source_path"] = str(Path(data).resolve())
     train_rows = take_rows(train_full, train_indices)
     return HeldOutSplit(train=train_rows, eval=eval_rows, eval_ids=row_ids(eval_rows, eval_indices), record=record,
                         train_names=row_names(source, train_split, train_rows, train_indices),
@@ -143,9 +146,11 @@ def fingerprint(ds) -> str:
 def reload_held_out_split(record: dict[str, Any], load: Callable[[str, Optional[str]], Any]) -> tuple[Any, list]:
     """The exact rows of a recorded split and their ids; raises UsageError if the data changed since training.
 
-    `load(data, data_config)` reads the source the way the run's task reads it.
+    `load(data, data_config)` reads the source the way the run's task reads it: the local path the run was trained
+    on, wherever this command runs, else the source as given (a Hub id, or a run recorded before `source_path`).
     """
-    source = load(record["source"], record.get("data_config"))
+    where = record.get("source_path")
+    source = load(where if where and Path(where).exists() else record["source"], record.get("data_config"))
     split = record["eval_split"]
     if split not in source:
         raise UsageError(f"split '{split}' recorded for this run is gone from {record['source']}; "
