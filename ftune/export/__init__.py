@@ -126,7 +126,7 @@ def export_model(source: str, *, format_name: str, quantize: Optional[str] = Non
     module = format_module(format_name)
     quantize = (quantize or module.DEFAULT_QUANTIZATION).lower()
     if quantize not in module.QUANTIZATIONS:
-        raise UsageError(f"--quantize {quantize} is not a {format_name} quantisation; choose one of: "
+        raise UsageError(f"--quantize {quantize} is not a quantisation {format_name} offers; choose one of: "
                          f"{', '.join(module.QUANTIZATIONS)}")
     origin = open_source(source)
     if output_dir is None:
