@@ -26,10 +26,12 @@ class ModelSource:
     name: str
     location: str
     gguf: Optional[str] = None
+    merges_adapter: bool = False  # a LoRA run or adapter folder is its base model with the adapter merged in memory
 
     @classmethod
-    def parse(cls, model: str, gguf_file: Optional[str] = None) -> "ModelSource":
-        """A `.gguf` path, a folder plus `gguf_file`, or any other Hub id or folder."""
+    def parse(cls, model: str, gguf_file: Optional[str] = None, *, merges_adapter: bool = False) -> "ModelSource":
+        """A `.gguf` path, a folder plus `gguf_file`, or any other Hub id or folder; `merges_adapter`: a LoRA run
+        (or adapter folder) is taken as its base model with the adapter merged in, instead of being refused."""
         path = Path(model).expanduser()
         if path.suffix.lower() == ".gguf":
             if gguf_file and Path(gguf_file).name != path.name:
@@ -38,7 +40,7 @@ class ModelSource:
                 raise UsageError(f"GGUF file {model} does not exist; check the path given to --model")
             return cls(model, str(path.resolve().parent), str(path.resolve()))
         if not gguf_file:
-            return cls(model, model)
+            return cls(model, model, merges_adapter=merges_adapter)
         file = Path(gguf_file).expanduser()
         file = file if file.is_absolute() else path / file
         if not file.is_file():
@@ -58,17 +60,42 @@ class ModelSource:
             return
         require_model(self.location)
         folder = Path(self.location).expanduser()
+        if self.adapter_base() is not None:
+            check_weights(folder)
+            self.adapter_base().require()
+            return
         if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
             raise UsageError(f"{self.name} is a LoRA adapter, not a whole model; make one with `ftune merge "
                              f"{self.name} --output-dir MERGED` and pass MERGED to --model")
         if folder.is_dir():
             check_weights(folder)
 
+    def adapter_base(self) -> Optional["ModelSource"]:
+        """The base model of an adapter folder this source merges (`merges_adapter`), as recorded by peft in its
+        adapter_config.json; None for any other model."""
+        import json
+
+        folder = Path(self.location).expanduser()
+        adapter = folder / "adapter_config.json"
+        if not self.merges_adapter or not adapter.is_file() or (folder / "config.json").is_file():
+            return None
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{self.name}: its adapter_config.json does not name a base model ({_short(exc)}); "
+                             "restore the file or retrain the run") from None
+        if not base:
+            raise UsageError(f"{self.name}: its adapter_config.json does not name a base model; merge it with "
+                             f"`ftune merge {self.name} --output-dir MERGED` and pass MERGED to --model")
+        return ModelSource.parse(str(base))
+
     def load_config(self):
         """The model's transformers configuration."""
         from transformers import AutoConfig
 
         self.require()
+        if self.adapter_base() is not None:
+            return self.adapter_base().load_config()
         try:
             if self.gguf:
                 return AutoConfig.from_pretrained(self.location, gguf_file=self.gguf)
@@ -95,6 +122,9 @@ class ModelSource:
         self.require()
         if self.gguf:
             require_causal_lm(self.load_config(), f"GGUF file {self.gguf}")  # a clear error before the tokenizer's
+        base = self.adapter_base()
+        if base is not None and not (Path(self.location).expanduser() / "tokenizer_config.json").is_file():
+            return base.load_tokenizer()  # an adapter saved without its tokenizer: the base model's
         try:
             kwargs = {"gguf_file": self.gguf} if self.gguf else {}
             tokenizer = AutoTokenizer.from_pretrained(self.location, **kwargs)
@@ -110,6 +140,14 @@ class ModelSource:
         import transformers
 
         self.require()
+        base = self.adapter_base()
+        if base is not None:
+            from peft import PeftModel
+
+            # The adapter's weights added into the base's: a model like any other, whose name is the run it came from.
+            model = PeftModel.from_pretrained(base.load_model(auto_class, **kwargs), self.location).merge_and_unload()
+            model.name_or_path = self.name
+            return model
         if self.gguf:
             return _load_gguf(auto_class, self.location, self.gguf, self.load_config())
         cls = getattr(transformers, auto_class)

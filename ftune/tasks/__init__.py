@@ -17,6 +17,7 @@ TASK_MODULES = {
     "summarize": "ftune.tasks.summarize",
     "ner": "ftune.tasks.ner",
     "translate": "ftune.tasks.translate",
+    "dpo": "ftune.tasks.dpo",
 }
 
 
