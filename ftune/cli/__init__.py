@@ -13,6 +13,7 @@ from typing import Annotated, Optional, Sequence
 import typer
 
 from ftune import __version__, console
+from ftune.cli.board import board_command
 from ftune.cli.common import guarded, set_debug
 from ftune.cli.export import export_command
 from ftune.cli.generate import generate_command
@@ -61,6 +62,7 @@ COMMANDS = [
     ("export", export_command, "Use a run"),
     ("runs", runs_command, "Runs"),
     ("push", push_command, "Runs"),
+    ("board", board_command, "Runs"),
     ("recipes", recipes, "Recipes"),
 ]
 for _name, _function, _panel in COMMANDS:

@@ -112,19 +112,33 @@ def _default_name(run, source: str) -> str:
 
 def run_server(served, sock: socket.socket, options) -> None:
     """uvicorn serving `served` on the bound socket until a stop signal; the ready line once it listens."""
-    import uvicorn
-
     from ftune.serve.app import build_app
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     endpoints = ", ".join(served.endpoints())
+    served.batcher.start()
+    try:
+        started = serve_app(build_app(served), sock, lambda: console.result(
+            f"ftune serve: {served.model_name} ready at http://{shown}:{port} — {endpoints}"))
+    finally:
+        served.batcher.stop()
+        if served.predict is not None:
+            served.predict.predictor.close()
+    if not started:
+        raise RunFailed(f"the server did not start on {shown}:{port}; rerun with --debug for uvicorn's messages")
+
+
+def serve_app(app, sock: socket.socket, on_ready) -> bool:
+    """uvicorn serving the ASGI `app` on the bound socket until SIGTERM or Ctrl-C (in-flight requests finish);
+    `on_ready()` once it listens. Returns whether it started (ftune board serves its app through this too)."""
+    import uvicorn
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if not self.should_exit:
-                console.result(f"ftune serve: {served.model_name} ready at http://{shown}:{port} — {endpoints}")
+                on_ready()
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -137,15 +151,8 @@ def run_server(served, sock: socket.socket, options) -> None:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    config = uvicorn.Config(build_app(served), log_level="warning", access_log=False, lifespan="off",
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=None)
     server = Server(config)
-    served.batcher.start()
-    try:
-        server.run(sockets=[sock])
-    finally:
-        served.batcher.stop()
-        if served.predict is not None:
-            served.predict.predictor.close()
-    if not server.started:
-        raise RunFailed(f"the server did not start on {shown}:{port}; rerun with --debug for uvicorn's messages")
+    server.run(sockets=[sock])
+    return server.started
