@@ -147,6 +147,7 @@ class ModelSource:
             # The adapter's weights added into the base's: a model like any other, whose name is the run it came from.
             model = PeftModel.from_pretrained(base.load_model(auto_class, **kwargs), self.location).merge_and_unload()
             model.name_or_path = self.name
+            model.requires_grad_(True)  # peft loaded the base frozen
             return model
         if self.gguf:
             return _load_gguf(auto_class, self.location, self.gguf, self.load_config())

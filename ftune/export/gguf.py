@@ -54,10 +54,13 @@ def check(model_config, task_name: Optional[str], quantize: str) -> None:
     """One-line UsageError before anything is written: task, architecture, quantisation, extras."""
     import importlib.util
 
-    if task_name is not None and task_name != "lm":
+    from ftune.tasks import get_task
+
+    if task_name is not None and get_task(task_name).model_class != "AutoModelForCausalLM":
         other = ("use --format onnx" if task_name in ("classify", "ner", "qa")
                  else "GGUF holds decoder-only language models, and this run's model is an encoder-decoder")
-        raise UsageError(f"a {task_name} run has no GGUF export (GGUF is for causal-LM runs of ftune lm); {other}")
+        raise UsageError(f"a {task_name} run has no GGUF export (GGUF is for causal-LM runs: ftune lm, ftune dpo); "
+                         f"{other}")
     model_type = getattr(model_config, "model_type", "unknown")
     if model_type not in ARCHITECTURES:
         raise UsageError(f"GGUF export supports {SUPPORTED} models; this is a {model_type} model")

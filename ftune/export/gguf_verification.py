@@ -68,15 +68,19 @@ def held_out_blocks(tokenizer, run, limit: int = VERIFY_TOKENS) -> tuple[list[tu
     not a run), the first blocks up to `limit` tokens; and what they are, for export.json."""
     from ftune.tasks.lm.encoding import document_chunks
 
+    features = None
     if run is not None and run.split:
         from ftune.data import reload_held_out_split
 
         rows, _ = reload_held_out_split(run.split, lambda s, c: run.task.load_source(run.config, s, c))
         features = run.task.features(run.config, tokenizer, rows, run.state, purpose="eval")
         described = f"the run's held-out split ({len(rows)} rows)"
-    else:
+        if not {"input_ids", "labels"} <= set(features.column_names):
+            features = None  # a task whose rows are not scored as token blocks (answer pairs, say)
+    if features is None:
         features = document_chunks(tokenizer, VERIFY_TEXT, 256)
-        described = "ftune's verification text (the source is not a run)"
+        described = ("ftune's verification text (the source is not a run)" if run is None or not run.split else
+                     f"ftune's verification text ({run.task.name} runs do not score token blocks)")
     blocks, total = [], 0
     for ids, labels in zip(features["input_ids"], features["labels"]):
         if blocks and total + len(ids) > limit:
