@@ -26,6 +26,7 @@ import json
 import statistics
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -48,7 +49,7 @@ class HeldOutRows:
     text_missing: Optional[str] = None      # why the input rows could not be read (then every row's text is null)
     _search: Optional[list[str]] = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def sortable(self) -> list[str]:
         found = ["id", "length"]
         for sort in ("confidence", "loss", "score"):
@@ -100,20 +101,23 @@ def _stamp(folder: Path, run) -> tuple:
 
 def build_rows(run, folder: Path) -> HeldOutRows:
     lines = read_predictions(folder / EVAL_PREDICTIONS)
-    texts, why = input_rows(run, folder, len(lines))
-    columns = text_columns(run, list(texts[0]) if texts else [])
+    data, why = input_columns(run, folder, len(lines))
+    columns = text_columns(run, list(data or []))
     task = run.task.name
+    if data is None:
+        texts = (None for _ in lines)
+    else:
+        texts = zip(*(data[name] for name in columns)) if columns else (() for _ in lines)
     rows = []
-    for position, line in enumerate(lines):
-        source = texts[position] if texts is not None else None
-        text = {name: _plain(source.get(name)) for name in columns} if source is not None else None
+    for line, values in zip(lines, texts):
+        text = None if values is None else dict(zip(columns, map(_plain, values)))
         row = {"id": line.get("id"), "reference": line.get("reference"), "prediction": line.get("prediction"),
                "wrong": False, "score": None, "loss": None, "length": _length(text), "text": text}
         if text is None:
             row["text_missing"] = why
         rows.append(row)
     shape = TASK_SHAPES.get(task, _generic)
-    wrong_means = shape(run, lines, rows, texts)
+    wrong_means = shape(run, lines, rows, data)
     for row in rows:
         if row["length"] is None:
             row["length"] = len(_plain_text(row.get("source") or row.get("context") or row.get("tokens") or ""))
@@ -148,14 +152,14 @@ def text_columns(run, present: list[str]) -> list[str]:
     return found or [c for c in dict.fromkeys(run.state.columns.values()) if c and (c in present or not present)]
 
 
-def input_rows(run, folder: Path, count: int) -> tuple[Optional[list[dict]], Optional[str]]:
-    """The held-out input rows in the order of eval_predictions.jsonl, or (None, why not)."""
+def input_columns(run, folder: Path, count: int) -> tuple[Optional[dict[str, list]], Optional[str]]:
+    """The held-out input rows, column by column in the order of eval_predictions.jsonl, or (None, why not)."""
     if folder.resolve() != run.path.resolve():
         return None, ("an evaluation on other data records no split.json, so its input rows are not known here; the "
                       "lines show the ids, references and predictions")
     if not run.split:
         return None, f"the run has no {SPLIT_FILE}, so its held-out rows cannot be found"
-    from ftune.data import reload_held_out_split
+    from ftune.data import column_list, reload_held_out_split
     from ftune.errors import UsageError
 
     def load(source: str, source_config: Optional[str]):
@@ -170,13 +174,13 @@ def input_rows(run, folder: Path, count: int) -> tuple[Optional[list[dict]], Opt
     if len(rows) != count:
         return None, (f"{SPLIT_FILE} holds {len(rows)} rows but {EVAL_PREDICTIONS} {count} lines; evaluate the run "
                       "again (ftune eval RUN)")
-    return [dict(row) for row in rows], None
+    return {name: column_list(rows, name) for name in rows.column_names}, None   # column-wise: fast on 100k rows
 
 
 # ---- per task -------------------------------------------------------------------------------------
 
 
-def _classify(run, lines, rows, texts) -> str:
+def _classify(run, lines, rows, data) -> str:
     first = next((line.get("prediction") for line in lines), None)
     if isinstance(first, list):
         for row in rows:
@@ -205,7 +209,7 @@ def _scores(lines, rows) -> None:
             row["loss"] = float(loss)
 
 
-def _ner(run, lines, rows, texts) -> str:
+def _ner(run, lines, rows, data) -> str:
     for line, row in zip(lines, rows):
         predicted, gold = list(line.get("prediction") or []), list(line.get("reference") or [])
         row["wrong"] = predicted != gold
@@ -232,7 +236,7 @@ def word_entities(tags: list[str]) -> list[dict[str, Any]]:
     return [{"type": e["type"], "start": e["start"] // 2, "end": e["end"] // 2 + 1} for e in entities]
 
 
-def _qa(run, lines, rows, texts) -> str:
+def _qa(run, lines, rows, data) -> str:
     from ftune.metrics.squad import squad_scores
     from ftune.tasks.qa.data import row_answers
 
@@ -244,7 +248,7 @@ def _qa(run, lines, rows, texts) -> str:
         golds = [golds] if isinstance(golds, str) else list(golds)
         prediction = line.get("prediction") or ""
         row["wrong"] = squad_scores([prediction], [golds], version_2=version_2)["exact_match"] < 100
-        source = texts[position] if texts is not None else None
+        source = {name: values[position] for name, values in data.items()} if data is not None else None
         context = str(source.get(columns.get("context"), "")) if source is not None else None
         row["context"] = context
         row["question"] = source.get(columns.get("question")) if source is not None else None
@@ -265,7 +269,7 @@ def _qa(run, lines, rows, texts) -> str:
 
 
 def _seq2seq(name: str, score: Callable[[list[str], list[str]], list[float]]):
-    def shape(run, lines, rows, texts) -> str:
+    def shape(run, lines, rows, data) -> str:
         outputs = [_plain_text(line.get("prediction")) for line in lines]
         references = [_plain_text(line.get("reference")) for line in lines]
         values = score(outputs, references) if lines else []
@@ -296,7 +300,7 @@ def chrf(outputs: list[str], references: list[str]) -> list[float]:
     return [float(metric.sentence_score(output, [reference]).score) for output, reference in zip(outputs, references)]
 
 
-def _lm(run, lines, rows, texts) -> str:
+def _lm(run, lines, rows, data) -> str:
     losses = [row["prediction"] for row in rows if isinstance(row["prediction"], (int, float))]
     median = statistics.median(losses) if losses else 0.0
     for line, row in zip(lines, rows):
@@ -307,7 +311,7 @@ def _lm(run, lines, rows, texts) -> str:
     return f"the row's mean token loss is above the median row's ({median:.4f})"
 
 
-def _dpo(run, lines, rows, texts) -> str:
+def _dpo(run, lines, rows, data) -> str:
     for line, row in zip(lines, rows):
         row["wrong"] = row["prediction"] != row["reference"]
         margin = line.get("margin")
@@ -317,7 +321,7 @@ def _dpo(run, lines, rows, texts) -> str:
     return "the policy prefers the rejected answer (score: the size of the reward margin)"
 
 
-def _generic(run, lines, rows, texts) -> str:
+def _generic(run, lines, rows, data) -> str:
     for row in rows:
         row["wrong"] = row["prediction"] != row["reference"]
     _scores(lines, rows)
@@ -426,7 +430,10 @@ def query_rows(held: HeldOutRows, query: RowQuery) -> dict[str, Any]:
 
 
 def sort_indices(rows: list[dict], indices: list[int], sort: str, *, descending: bool) -> list[int]:
-    """`indices` ordered by the rows' `sort` value; rows without one come last either way; ties keep file order."""
+    """`indices` ordered by the rows' `sort` value; rows without one come last either way; ties keep the held-out
+    order, which is also what `id` sorts by (the order of eval_predictions.jsonl: the data's order)."""
+    if sort == "id":
+        return indices[::-1] if descending else indices
     present = [i for i in indices if sort_value(rows[i], sort) is not None]
     absent = [i for i in indices if sort_value(rows[i], sort) is None]
     present.sort(key=lambda i: sort_value(rows[i], sort), reverse=descending)
@@ -434,9 +441,6 @@ def sort_indices(rows: list[dict], indices: list[int], sort: str, *, descending:
 
 
 def sort_value(row: dict[str, Any], sort: str):
-    if sort == "id":
-        value = row["id"]
-        return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
     if sort == "confidence":
         return row.get("score")
     if sort == "score":
