@@ -28,9 +28,11 @@ def create_app(folders: list[Path], *, api_key: Optional[str] = None):
     request."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
+    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
     from ftune.board.api import router as api_router
+    from ftune.board.pages import router as pages_router
     from ftune.board.tries import Tries
     from ftune.serve.errors import ApiError, error_body
 
@@ -38,16 +40,8 @@ def create_app(folders: list[Path], *, api_key: Optional[str] = None):
     app.state.board = BoardIndex([Path(f) for f in folders])
     app.state.tries = Tries()
     app.include_router(api_router, prefix="/api")
-    try:
-        from ftune.board.pages import router as pages_router
-    except ImportError:  # the pages are not part of this build yet: the API alone
-        pages_router = None
-    if pages_router is not None:
-        app.include_router(pages_router)
-    if STATIC_FOLDER.is_dir():
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/static", StaticFiles(directory=STATIC_FOLDER), name="static")
+    app.include_router(pages_router)   # before /static: it serves /static/plotly.min.js from the plotly package
+    app.mount("/static", StaticFiles(directory=STATIC_FOLDER), name="static")
 
     @app.exception_handler(BoardError)
     async def board_error(request: Request, exc: BoardError):
