@@ -466,3 +466,63 @@ def test_a_hundred_thousand_rows_page_from_memory(board_runs, tmp_path):
     assert first["total"] == sum(1 for line in lines if line["prediction"] != line["reference"])
     assert first["rows"][0]["text"] == {"text": rows[int(first["rows"][0]["id"][1:])]["text"]}
     assert [row["score"] for row in first["rows"]] == sorted((row["score"] for row in first["rows"]), reverse=True)
+
+
+# ---- dpo and lm -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generative_runs(tmp_path_factory, tiny_gpt2):
+    """A dpo run and an lm run on a tiny GPT-2, in a board folder of their own."""
+    from tests.test_dpo import repeat_pairs
+
+    root = tmp_path_factory.mktemp("board-generative") / "runs"
+    pairs = write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", repeat_pairs(40))
+    common = ["--model", tiny_gpt2, "--data", pairs, "--max-steps", "2", "--batch-size", "8", "--max-length", "32",
+              "--precision", "fp32"]
+    for task, extra in (("dpo", []), ("lm", ["--text-column", "prompt"])):
+        result = invoke(task, *common, *extra, "--output-dir", root / task)
+        assert result.exit_code == 0, result
+    return root
+
+
+@pytest.fixture(scope="module")
+def generative_client(generative_runs):
+    from fastapi.testclient import TestClient
+
+    from ftune.board.server import create_app
+
+    with TestClient(create_app([generative_runs])) as test_client:
+        yield test_client
+
+
+def test_dpo_rows_are_wrong_where_the_policy_prefers_the_rejected_answer(generative_client, generative_runs):
+    lines = read_jsonl(generative_runs / "dpo" / "eval_predictions.jsonl")
+    rows = all_rows(generative_client, "dpo", sort="confidence", order="desc")
+    assert [abs(line["margin"]) for line in sorted(lines, key=lambda l: -abs(l["margin"]))] == \
+        [row["score"] for row in rows]
+    by_id = {line["id"]: line for line in lines}
+    for row in rows:
+        line = by_id[row["id"]]
+        assert row["wrong"] == (line["prediction"] != "chosen") and row["margin"] == line["margin"]
+        assert row["loss"] == line["loss"] and set(row["text"]) == {"prompt", "chosen", "rejected"}
+
+
+def test_lm_rows_list_the_highest_loss_first(generative_client, generative_runs):
+    lines = read_jsonl(generative_runs / "lm" / "eval_predictions.jsonl")
+    rows = all_rows(generative_client, "lm", sort="loss", order="desc")
+    assert [row["loss"] for row in rows] == sorted((line["prediction"] for line in lines), reverse=True)
+    losses = sorted(line["prediction"] for line in lines)
+    middle = len(losses) // 2
+    median = losses[middle] if len(losses) % 2 else (losses[middle - 1] + losses[middle]) / 2
+    assert {row["id"] for row in rows if row["wrong"]} == {line["id"] for line in lines if line["prediction"] > median}
+
+
+def test_an_lm_run_tries_as_ftune_generate(generative_client, generative_runs, tmp_path):
+    out = tmp_path / "generated.jsonl"
+    result = invoke("generate", "--model", generative_runs / "lm", "--prompt", "repeat cat:", "--max-new-tokens", "5",
+                    "--no-stream", "--output", out)
+    assert result.exit_code == 0, result
+    response = generative_client.post("/api/runs/lm/try", json={"prompt": "repeat cat:", "max_tokens": 5})
+    assert response.status_code == 200, response.text
+    assert response.json()["text"] == read_jsonl(out)[0]["generation"]
