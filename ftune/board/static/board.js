@@ -161,7 +161,7 @@ const board = (() => {
     colorway: ["#2563eb", "#dc6b19", "#0e9f6e", "#9333ea", "#e11d48", "#0891b2", "#65a30d", "#a16207"],
     xaxis: {gridcolor: "#e5e9f0", zerolinecolor: "#cbd2d9", automargin: true},
     yaxis: {gridcolor: "#e5e9f0", zerolinecolor: "#cbd2d9", automargin: true},
-    legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom"},
+    showlegend: true, legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom"},
     hoverlabel: {bgcolor: "#1f2933", font: {color: "#ffffff"}},
   };
 
@@ -177,8 +177,10 @@ const board = (() => {
   }
 
   // A small, safe Markdown reader for model cards: headings, paragraphs, lists, fenced code, tables, `code`,
-  // **bold** and links (http, https or relative only). Everything becomes elements holding text.
-  function markdown(text) {
+  // **bold**, links (http, https or relative only) and pictures, whose address `picture(src)` gives (null: the
+  // alt text). Everything becomes elements holding text.
+  function markdown(text, picture) {
+    const inline = (line) => inlineMarkdown(line, picture || (() => null));
     const out = document.createDocumentFragment();
     const lines = String(text).replace(/\r\n/g, "\n").split("\n");
     let i = 0;
@@ -199,14 +201,18 @@ const board = (() => {
         i += 1;
       } else if (/^\s*[-*]\s+/.test(line)) {
         const list = el("ul");
-        for (; i < lines.length && /^\s*[-*]\s+/.test(lines[i]); i += 1) {
-          list.append(el("li", {}, inline(lines[i].replace(/^\s*[-*]\s+/, ""))));
+        const items = [];
+        for (; i < lines.length && (/^\s*[-*]\s+/.test(lines[i]) || (items.length && /^\s+\S/.test(lines[i])));
+             i += 1) {
+          if (/^\s*[-*]\s+/.test(lines[i])) items.push(lines[i].replace(/^\s*[-*]\s+/, ""));
+          else items[items.length - 1] += ` ${lines[i].trim()}`;   // an item's continued line
         }
+        list.append(...items.map((item) => el("li", {}, inline(item))));
         out.append(list);
       } else if (/^\s*\|/.test(line)) {
         const rows = [];
         for (; i < lines.length && /^\s*\|/.test(lines[i]); i += 1) rows.push(lines[i]);
-        out.append(table(rows));
+        out.append(table(rows, inline));
       } else if (!line.trim()) {
         i += 1;
       } else {
@@ -220,7 +226,7 @@ const board = (() => {
     return out;
   }
 
-  function table(rows) {
+  function table(rows, inline) {
     const cells = (row) => row.trim().replace(/^\||\|$/g, "").split("|").map((c) => c.trim());
     const isRule = (row) => /^\s*\|?\s*:?-{2,}/.test(row);
     const head = cells(rows[0]);
@@ -230,15 +236,18 @@ const board = (() => {
       el("tbody", {}, body.map((r) => el("tr", {}, r.map((c) => el("td", {}, inline(c))))))));
   }
 
-  function inline(text) {
+  function inlineMarkdown(text, picture) {
     const nodes = [];
-    const pattern = /`([^`]+)`|\*\*([^*]+)\*\*|\[([^\]]+)\]\(([^)\s]+)\)/g;
+    const pattern = /`([^`]+)`|\*\*([^*]+)\*\*|(!?)\[([^\]]*)\]\(([^)\s]+)\)/g;
     let last = 0;
     for (const match of text.matchAll(pattern)) {
       nodes.push(text.slice(last, match.index));
-      if (match[1] !== undefined) nodes.push(el("code", {}, match[1]));
-      else if (match[2] !== undefined) nodes.push(el("strong", {}, match[2]));
-      else if (/^(https?:\/\/|\/|\.\/|#)/.test(match[4])) nodes.push(el("a", {href: match[4]}, match[3]));
+      const [, code, bold, bang, label, target] = match;
+      const src = bang && picture(target);
+      if (code !== undefined) nodes.push(el("code", {}, code));
+      else if (bold !== undefined) nodes.push(el("strong", {}, bold));
+      else if (bang) nodes.push(src ? el("img", {src, alt: label, class: "card-picture"}) : label);
+      else if (/^(https?:\/\/|\/|\.\/|#)/.test(target)) nodes.push(el("a", {href: target}, label));
       else nodes.push(match[0]);
       last = match.index + match[0].length;
     }

@@ -11,6 +11,8 @@
   const base = `/api/runs/${idPath(runId)}`;
   const form = document.getElementById("filters");
   const FILTERS = ["wrong", "reference", "prediction", "q", "min_length", "max_length", "sort", "order"];
+  // Wrong rows in the held-out order (sort=id: the order of eval_predictions.jsonl).
+  const DEFAULTS = {wrong: "true", sort: "id", order: "asc"};
   const params = new URLSearchParams(window.location.search);
   const evalName = params.get("eval") || "";
   let offset = parseInt(params.get("offset") || "0", 10) || 0;
@@ -42,16 +44,14 @@
   }
 
   function initialFilters() {
-    const values = {wrong: "true", order: "desc"};
+    const values = {...DEFAULTS};
     for (const name of FILTERS) if (params.has(name)) values[name] = params.get(name);
     if (values.wrong === "all") values.wrong = "";
     return values;
   }
 
   function apiFilters() {
-    const chosen = readForm();
-    if (!chosen.sort) delete chosen.order;
-    return {eval: evalName, ...chosen};
+    return {eval: evalName, ...readForm()};
   }
 
   function remember(filters) {
@@ -162,7 +162,7 @@
     lm: {
       head: ["id", "text", "loss", "tokens"],
       cells: (row) => [idCell(row), el("td", {class: "text-cell"}, textFields(row)), scoreCell(row.loss),
-                       scoreCell(row.tokens)],
+                       scoreCell(Array.isArray(row.tokens) ? row.tokens.length : row.tokens)],
     },
     dpo: {
       head: ["id", "prompt, chosen and rejected", "margin", "loss"],
@@ -243,16 +243,15 @@
     board.main.dataset.loaded = "true";
   }
 
-  const SORT_NAMES = {id: "id", confidence: "confidence", loss: "loss", score: "row score", length: "length"};
+  const SORT_NAMES = {id: "held-out order", confidence: "confidence", loss: "loss", score: "row score", length: "length"};
 
   function showSortable(names) {
     const key = names.join(",");
     if (key === sortable) return;
     sortable = key;
     const select = form.elements.sort;
-    const current = select.value || initialFilters().sort || "";
-    fill(select, el("option", {value: ""}, "the run's order"),
-         names.map((name) => el("option", {value: name, selected: name === current}, SORT_NAMES[name] || name)));
+    const current = select.value || "id";
+    fill(select, names.map((name) => el("option", {value: name, selected: name === current}, SORT_NAMES[name] || name)));
     document.getElementById("confident-wrong").hidden = !names.includes("confidence");
   }
 
@@ -287,7 +286,7 @@
     clearTimeout(typing);
     typing = setTimeout(load, event.target.type === "search" || event.target.type === "number" ? 250 : 0);
   });
-  form.addEventListener("reset", () => setTimeout(() => { writeForm({wrong: "true", order: "desc"}); offset = 0; load(); }));
+  form.addEventListener("reset", () => setTimeout(() => { writeForm(DEFAULTS); offset = 0; load(); }));
   document.getElementById("prev-page").addEventListener("click", () => { offset = Math.max(0, offset - LIMIT); load(); });
   document.getElementById("next-page").addEventListener("click", () => { offset += LIMIT; load(); });
   document.getElementById("confident-wrong").addEventListener("click", () => {

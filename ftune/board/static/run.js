@@ -6,6 +6,7 @@
 (() => {
   const {el, fill, api, idPath, query, number, duration, when, status, shortName, metricName} = board;
   const POLL_MS = 5000;
+  const GENERATES = ["lm", "dpo"];
   const runId = board.main.dataset.runId;
   const evalName = new URLSearchParams(window.location.search).get("eval") || "";
   const base = `/api/runs/${idPath(runId)}`;
@@ -108,7 +109,7 @@
     // The training loss as logged every few steps (not train_loss, the run's mean written once at the end).
     const losses = [...(train.loss ? [trace("training loss", train.loss, epochs)] : []),
                     ...Object.entries(evals).filter(([n]) => /loss/.test(n)).map(([n, p]) => trace(n, p, epochs, "dot"))];
-    const scores = Object.entries(evals).filter(([n]) => !/loss|runtime|per_second|samples|windows|total|words|tokens/.test(n))
+    const scores = Object.entries(evals).filter(([n]) => !/loss|runtime|per_second|samples|windows|total|words|tokens|blocks/.test(n))
       .map(([n, p]) => trace(n, p, epochs));
     const card = document.getElementById("curves-card");
     card.hidden = losses.length === 0 && scores.length === 0;
@@ -160,14 +161,14 @@
       fill(form, el("p", {class: "muted"}, `Not available: ${exc.message}`));
       return;
     }
-    const generative = !takes.input_fields;
-    const fields = generative ? ["prompt"] : takes.input_fields;
+    // A run that only generates text takes {"prompt", "max_tokens"}; the others take serve's rows and settings.
+    const generative = GENERATES.includes(takes.task);
+    const fields = takes.input_fields;
     const big = new Set(["context", "text", "prompt", "source", "article", "document"]);
     const inputs = fields.map((field) => el("label", {class: "field"}, field,
       big.has(field) ? el("textarea", {name: field, rows: 3, required: true})
                      : el("input", {name: field, type: "text", required: true, autocomplete: "off"})));
-    const settings = Object.entries(generative ? {max_tokens: {type: "int", help: "most tokens to generate"}}
-                                               : (takes.settings || {}));
+    const settings = Object.entries(takes.settings || {});
     const settingInputs = settings.map(([name, spec]) => el("label", {class: "field small-field", title: spec.help || ""},
       name, spec.type === "bool" ? el("input", {name: `setting:${name}`, type: "checkbox"})
         : el("input", {name: `setting:${name}`, type: spec.type === "str" ? "text" : "number",
@@ -237,7 +238,11 @@
     keyValues(document.querySelector("#split-table tbody"), flatten(data.split));
     const cardCard = document.getElementById("card-card");
     cardCard.hidden = !data.model_card;
-    if (data.model_card) fill(document.getElementById("model-card"), board.markdown(data.model_card));
+    // The card's pictures are the run's own files, served by the API (the same addresses as its Pictures).
+    const pictureUrls = new Map((data.pictures || []).map((p) => [p.file, p.url]));
+    if (data.model_card) {
+      fill(document.getElementById("model-card"), board.markdown(data.model_card, (src) => pictureUrls.get(src) || null));
+    }
     setUpTry(run);
     clearTimeout(pollTimer);
     if (run.status === "in use") pollTimer = setTimeout(refresh, POLL_MS);
