@@ -93,13 +93,19 @@ def predicted_vs_true_picture(file: str, caption: str, references: Sequence[floa
     return Picture(file, caption, functools.partial(predicted_vs_true_figure, references, predictions, quantity))
 
 
+def histogram_picture(file: str, caption: str, values: Sequence[float], quantity: str,
+                      threshold: Optional[float] = None) -> Picture:
+    """How one value spreads over the held-out rows, e.g. each preference pair's reward margin."""
+    return Picture(file, caption, functools.partial(histogram_figure, values, quantity, threshold))
+
+
 # --------------------------------------------------------------------------------------------------
 # Drawing: data in, a Figure out
 
 
 def learning_curves_figure(log_history: list[dict], metric: str, greater_is_better: bool):
-    """Two panels: the training and held-out loss, then the held-out `metric`, its best value marked (the model ftune
-    keeps). With `metric` "loss" the loss panel alone, the best held-out loss marked. Raises ValueError when there
+    """Two panels: the training and held-out loss, then the held-out `metric` (with its training-batch values when the
+    log history has them under the same name), its best value marked (the model ftune keeps). With `metric` "loss" the loss panel alone, the best held-out loss marked. Raises ValueError when there
     is nothing to draw."""
     train = _series(log_history, "loss")
     held_out = _series(log_history, "eval_loss")
@@ -121,6 +127,10 @@ def learning_curves_figure(log_history: list[dict], metric: str, greater_is_bett
 
     if scores[0]:
         panel = axes[1]
+        trained = _series(log_history, metric)  # the same figure on the training batches, where the Trainer logs it
+        if trained[0]:
+            panel.plot(*trained, color="tab:blue", marker="." if len(trained[0]) < 40 else None,
+                       label=f"training {metric}")
         panel.plot(*scores, color="tab:green", marker="o", label=f"held-out {metric}")
         _mark_best(panel, scores, greater_is_better)
         _label(panel, f"Held-out {metric}", metric)
@@ -207,6 +217,26 @@ def predicted_vs_true_figure(references: Sequence[float], predictions: Sequence[
     axes.set_ylabel(f"predicted {quantity}")
     axes.set_title(f"Predicted vs true ({len(truth):,} held-out rows)")
     axes.legend(loc="upper left")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def histogram_figure(values: Sequence[float], quantity: str, threshold: Optional[float] = None):
+    """The distribution of one value over the held-out rows (e.g. each pair's reward margin); a dashed line at
+    `threshold`, with the share of rows above it."""
+    if not values:
+        raise ValueError(f"no {quantity} to draw")
+    numbers = [float(v) for v in values if math.isfinite(v)]
+    figure = _figure(width=6.0, height=4.2)
+    axes = figure.subplots()
+    axes.hist(numbers, bins=min(40, max(5, int(math.sqrt(len(numbers))) * 2)), color="tab:blue", alpha=0.8)
+    if threshold is not None:
+        above = sum(v > threshold for v in numbers) / max(len(numbers), 1)
+        axes.axvline(threshold, color="grey", linestyle="--", label=f"{above:.1%} of the rows above {threshold:g}")
+        axes.legend(loc="best")
+    axes.set_xlabel(quantity)
+    axes.set_ylabel("held-out rows")
+    axes.set_title(f"The {quantity} of each held-out row ({len(numbers):,} rows)")
     axes.grid(alpha=0.3)
     return figure
 

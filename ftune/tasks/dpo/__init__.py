@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ftune.config import TaskOptions, option
-from ftune.data import column_list, describe_rows, pick_column, tokenize_rows
+from ftune.data import column_list, describe_row_groups, pick_column, tokenize_rows
 from ftune.errors import UsageError
 from ftune.tasks.base import Scores, Task
 from ftune.tasks.state import TaskState
@@ -39,6 +39,9 @@ PROMPT_COLUMNS = ("prompt", "question", "instruction")
 CHOSEN_COLUMNS = ("chosen",)
 REJECTED_COLUMNS = ("rejected",)
 INSTALL = "pip install 'ftune[dpo]'"
+# What makes a pair untrainable (ftune.tasks.dpo.data.pair_problem), as messages say it.
+PAIR_PROBLEMS = {"empty": "have an empty chosen or rejected answer",
+                 "same": "have the same chosen and rejected answer, which teaches nothing"}
 
 
 @dataclass
@@ -123,12 +126,12 @@ class DPOTask(Task):
         context = source.context_length()
         max_length = min(config.max_length, context)
         tokenizer = self.load_tokenizer(config)
-        chats = set()
-        for where, rows, names in (("the training split", split.train, split.train_names),
-                                   ("the held-out split", split.eval, split.eval_names)):
-            pairs = self._pairs(state_columns=columns, rows=rows, where=where, names=names)
-            chats |= {isinstance(chosen, list) for _, chosen, _ in pairs}
-            _check_prompt_lengths(tokenizer, pairs, max_length, where, names)
+        parts = [(self._pairs(columns, rows), names, where)
+                 for rows, names, where in ((split.train, split.train_names, "the training split"),
+                                            (split.eval, split.eval_names, "the held-out split"))]
+        raise_pair_problems([(problems, names, where) for (_, problems), names, where in parts])
+        check_prompt_lengths(tokenizer, [(pairs, names, where) for (pairs, _), names, where in parts], max_length)
+        chats = {isinstance(chosen, list) for (pairs, _), _, _ in parts for _, chosen, _ in pairs}
         if len(chats) > 1:
             raise UsageError("the pairs mix plain-text answers and chat messages; give them all in one form")
         chat = chats == {True}
@@ -137,38 +140,31 @@ class DPOTask(Task):
                              "(or its tokenizer) or give the pairs as plain text")
         return DPOState(columns=columns, chat=chat, context=context, max_length=max_length)
 
-    def _pairs(self, state_columns, rows, where: str, names=None) -> list[tuple[Any, Any, Any]]:
-        """The rows as normalised (prompt, chosen, rejected) pairs; UsageError naming the rows that are no pair."""
+    def _pairs(self, columns, rows) -> tuple[list[tuple[Any, Any, Any]], dict[str, list[int]]]:
+        """The rows as normalised (prompt, chosen, rejected) pairs, and the positions of the rows that cannot train,
+        by what is wrong with them."""
         from ftune.tasks.dpo.data import normalise_pair, pair_problem
 
-        prompts = column_list(rows, state_columns["prompt"]) if state_columns.get("prompt") else [None] * len(rows)
-        pairs, invalid, empty, same = [], {}, [], []
-        for i, (prompt, chosen, rejected) in enumerate(zip(prompts, column_list(rows, state_columns["chosen"]),
-                                                           column_list(rows, state_columns["rejected"]))):
+        prompts = column_list(rows, columns["prompt"]) if columns.get("prompt") else [None] * len(rows)
+        pairs, problems = [], {}
+        for i, (prompt, chosen, rejected) in enumerate(zip(prompts, column_list(rows, columns["chosen"]),
+                                                           column_list(rows, columns["rejected"]))):
             try:
                 pair = normalise_pair(prompt, chosen, rejected)
             except ValueError as exc:
-                invalid.setdefault(str(exc), []).append(i)
+                problems.setdefault(f"are not preference pairs: {exc}", []).append(i)
                 pairs.append((prompt, chosen, rejected))
                 continue
             problem = pair_problem(*pair)
-            (empty if problem == "empty" else same if problem == "same" else []).append(i)
+            if problem:
+                problems.setdefault(PAIR_PROBLEMS[problem], []).append(i)
             pairs.append(pair)
-        if invalid:
-            reason, bad = next(iter(invalid.items()))
-            raise UsageError(f"{len(bad)} row(s) of {where} are not preference pairs: {reason} "
-                             f"({describe_rows(bad, names)}); fix or remove them")
-        if empty:
-            raise UsageError(f"{len(empty)} pair(s) of {where} have an empty chosen or rejected answer "
-                             f"({describe_rows(empty, names)}); fill or remove them")
-        if same:
-            raise UsageError(f"{len(same)} pair(s) of {where} have the same chosen and rejected answer, which "
-                             f"teaches nothing ({describe_rows(same, names)}); fix or remove them")
-        return pairs
+        return pairs, problems
 
     def check_rows(self, config, state, rows, where):
         super().check_rows(config, state, rows, where)
-        pairs = self._pairs(state.columns, rows, where)
+        pairs, problems = self._pairs(state.columns, rows)
+        raise_pair_problems([(problems, None, where)])
         if any(isinstance(chosen, list) != state.chat for _, chosen, _ in pairs):
             raise UsageError(f"{where} holds {'plain-text' if state.chat else 'chat'} pairs, but this run was "
                              f"trained on {'chat' if state.chat else 'plain-text'} pairs; give pairs of its form")
@@ -193,8 +189,9 @@ class DPOTask(Task):
     def features(self, config, tokenizer, rows, state, *, purpose):
         from ftune.tasks.dpo.data import encode_pair
 
-        pairs = self._pairs(state.columns, rows, "the data")
-        _check_prompt_lengths(tokenizer, pairs, state.max_length, "the data", None)
+        pairs, problems = self._pairs(state.columns, rows)
+        raise_pair_problems([(problems, None, "the data")])
+        check_prompt_lengths(tokenizer, [(pairs, None, "the data")], state.max_length)
         prompt, chosen, rejected = (list(side) for side in zip(*pairs)) if pairs else ([], [], [])
         pair_rows = rows.from_dict({"prompt": [_cell(p) for p in prompt], "chosen": [_cell(c) for c in chosen],
                                     "rejected": [_cell(r) for r in rejected]})
@@ -255,6 +252,13 @@ class DPOTask(Task):
     def metrics(self, config, state, outputs, references, features):
         return Scores(metrics=pair_totals(outputs))
 
+    def pictures(self, config, state, evaluation):
+        from ftune.pictures import histogram_picture
+
+        return [histogram_picture("reward_margins.png", "Reward margin of each held-out pair (chosen minus rejected "
+                                  "reward; above 0: the policy prefers the chosen answer)",
+                                  [p["margin"] for p in evaluation.predictions], "reward margin", threshold=0.0)]
+
     def model_card_facts(self, config, state):
         opts = config.task_options
         reference = ("its log-probabilities precomputed before training" if opts.precompute_ref else
@@ -285,17 +289,34 @@ def pair_totals(outputs: list[dict[str, Any]]) -> dict[str, float]:
             "logps_rejected": mean("logps_rejected")}
 
 
-def _check_prompt_lengths(tokenizer, pairs, max_length: int, where: str, names) -> None:
-    """UsageError when prompts leave no room for the answers under --max-length, naming the rows."""
+def raise_pair_problems(parts: list[tuple[dict[str, list[int]], Any, str]]) -> None:
+    """One UsageError naming every problem the parts have and its rows, across the parts (each part: the problems
+    `_pairs` found, how its rows are named, where they are)."""
+    kinds = dict.fromkeys(kind for problems, _, _ in parts for kind in problems)
+    found = []
+    for kind in kinds:
+        groups = [(problems.get(kind, []), names, where) for problems, names, where in parts]
+        count = sum(len(positions) for positions, _, _ in groups)
+        found.append(f"{count} pair(s) {kind} ({describe_row_groups(groups)})")
+    if found:
+        raise UsageError(f"{'; '.join(found)}; fix or remove them")
+
+
+def check_prompt_lengths(tokenizer, parts: list[tuple[list, Any, str]], max_length: int) -> None:
+    """UsageError when prompts leave no room for the answers under --max-length, naming the rows (each part: its
+    normalised pairs, how its rows are named, where they are)."""
     from ftune.tasks.dpo.data import prompt_length
 
-    lengths = [prompt_length(tokenizer, prompt) for prompt, _, _ in pairs]
-    long = [i for i, n in enumerate(lengths) if n >= max_length]
-    if long:
-        raise UsageError(f"{len(long)} pair(s) of {where} have prompts of {max_length} tokens or more, which "
-                         f"leaves no room for the answers under --max-length {max_length} "
-                         f"({describe_rows(long, names)}; the longest prompt is {max(lengths)} tokens); raise "
-                         "--max-length or shorten the prompts")
+    groups, longest = [], 0
+    for pairs, names, where in parts:
+        lengths = [prompt_length(tokenizer, prompt) for prompt, _, _ in pairs]
+        groups.append(([i for i, n in enumerate(lengths) if n >= max_length], names, where))
+        longest = max([longest, *lengths])
+    count = sum(len(positions) for positions, _, _ in groups)
+    if count:
+        raise UsageError(f"{count} pair(s) have prompts of {max_length} tokens or more, which leaves no room for "
+                         f"the answers under --max-length {max_length} ({describe_row_groups(groups)}; the longest "
+                         f"prompt is {longest} tokens); raise --max-length or shorten the prompts")
 
 
 def _cell(value: Any) -> str:

@@ -39,6 +39,11 @@ from ftune.trainers import FtuneTrainer
 FIGURES = ("logps_chosen", "logps_rejected", "ref_logps_chosen", "ref_logps_rejected", "tokens_chosen",
            "tokens_rejected", "loss")
 
+# TRL's names of its training-batch figures -> ftune's names of the same figures (eval_... on the held-out pairs).
+TRAINING_NAMES = {"rewards/accuracies": "rewards_accuracy", "rewards/margins": "rewards_margin",
+                  "rewards/chosen": "rewards_chosen", "rewards/rejected": "rewards_rejected",
+                  "logps/chosen": "logps_chosen", "logps/rejected": "logps_rejected"}
+
 
 @dataclass(frozen=True)
 class Preference:
@@ -97,6 +102,13 @@ class PreferenceTrainer(FtuneTrainer, DPOTrainer):
         # named in tests/test_dpo.py's compat test.
         return dataset
 
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # Its DataLoader draws a seed from the global RNG, which would shift the training batches' order: a run with
+        # --precompute-ref must train on the batches of the same run without it. (A private TRL method, named in
+        # tests/test_dpo.py's compat test; it runs inside TRL's constructor, where no public hook reaches.)
+        with torch.random.fork_rng(devices=[]):
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
     def _send_telemetry(self):
         """Nothing is sent: ftune talks to the Hub only in `ftune push`."""
 
@@ -107,6 +119,15 @@ class PreferenceTrainer(FtuneTrainer, DPOTrainer):
         super()._set_signature_columns_if_needed()
         if "length" not in self._signature_columns:
             self._signature_columns.append("length")  # the length-grouped sampler reads it; the collator does not
+
+    def log(self, logs, start_time=None):
+        # TRL's training figures under the names ftune gives the same figures on the held-out pairs, so a learning
+        # curve (ftune.pictures) shows both.
+        for figures in self._metrics.values():
+            for trl_name, name in TRAINING_NAMES.items():
+                if trl_name in figures:
+                    figures[name] = figures.pop(trl_name)
+        super().log(logs, start_time)
 
     # ---- scoring: one row of figures per pair -----------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
