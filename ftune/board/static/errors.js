@@ -265,9 +265,12 @@
       document.title = `Errors · ${data.run.name} · ftune board`;
       const details = data.details || {};
       matrix = details.confusion_matrix || null;
-      const labels = matrix ? matrix.labels : Object.keys(details.per_class || {});
+      // classify: the labels; ner: the entity types (a sentence with a gold or predicted entity of that type).
+      const labels = matrix ? matrix.labels : Object.keys(details.per_class || details.per_type || {});
+      const kind = details.per_type && !matrix ? " entity type" : "";
       for (const name of ["reference", "prediction"]) {
         const select = form.elements[name];
+        select.parentElement.firstChild.textContent = `${name === "reference" ? "Reference" : "Prediction"}${kind} `;
         const current = select.value;
         fill(select, el("option", {value: ""}, "any"),
              labels.map((l) => el("option", {value: l, selected: l === current}, l)));
