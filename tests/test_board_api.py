@@ -54,6 +54,9 @@ def board_runs(tmp_path_factory, tiny_bert):
                         ("classify-other-split", ["--max-steps", "1", "--val-fraction", "0.2"])):
         result = invoke(*classify, *extra, "--output-dir", root / name)
         assert result.exit_code == 0, result
+    news = write_jsonl(data / "news.jsonl", sentiment_rows(12, seed=3, labels=LABELS))
+    result = invoke("eval", root / "classify-b", "--data", news)   # into classify-b/evals/news-train
+    assert result.exit_code == 0, result
     conll = data / "conll"
     conll.mkdir()
     write_conll(conll / "train.txt", sentences(60, seed=0))
@@ -149,6 +152,22 @@ def test_a_run_shows_its_metrics_details_pictures_curves_and_card(client, board_
     assert run["curves"]["eval"]["eval_f1"] == [[e["step"], e["eval_f1"]] for e in history if "eval_f1" in e]
     assert_error(client.get("/api/runs/classify-a/files/model.safetensors"), 404, "unknown_file")
     assert client.get("/api/runs/classify-a/files/..%2Fqa%2FREADME.md").status_code == 404   # no way out
+
+
+def test_an_evaluation_on_other_data_is_shown_with_its_own_figures_and_lines(client, board_runs):
+    folder = board_runs / "classify-b" / "evals" / "news-train"
+    assert {run["id"]: run["evals"] for run in get(client, "/api/runs")["runs"]}["classify-b"] == ["news-train"]
+    run = get(client, "/api/runs/classify-b", eval="news-train")
+    assert run["metrics"] == read_json(folder / "eval_results.json") != read_json(board_runs / "classify-b" /
+                                                                                  "eval_results.json")
+    assert run["details"] == read_json(folder / "eval_details.json") and run["evaluation"] == "news-train"
+    assert {p["url"] for p in run["pictures"]} == {"/api/runs/classify-b/files/confusion_matrix.png?eval=news-train"}
+    lines = read_jsonl(folder / "eval_predictions.jsonl")
+    rows = all_rows(client, "classify-b", eval="news-train")
+    assert [(r["id"], r["prediction"], r["reference"]) for r in rows] == \
+        [(line["id"], line["prediction"], line["reference"]) for line in lines]
+    assert all(row["text"] is None and "no split.json" in row["text_missing"] for row in rows)
+    assert_error(client.get("/api/runs/classify-b", params={"eval": "nope"}), 404, "unknown_evaluation")
 
 
 # ---- rows -----------------------------------------------------------------------------------------

@@ -70,9 +70,14 @@ def inputs(run_id: str, request: Request):
 
 @router.post("/runs/{run_id:path}/try")
 async def try_run(run_id: str, request: Request):
+    from ftune.serve.app import MAX_BODY_BYTES, TOO_LARGE
+
     found = board(request).run(run_id)
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise BoardError(413, TOO_LARGE, "body_too_large")
     try:
-        body = json.loads(await request.body())
+        body = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BoardError(400, f"the body is not valid JSON ({exc})", "invalid_json") from None
     return await request.app.state.tries.answer(found, body)

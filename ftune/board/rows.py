@@ -17,7 +17,8 @@ takes (`ftune.serve.predict.input_fields`). Per task:
 - dpo: wrong = the policy prefers the rejected answer (prediction != reference); score = the reward margin's size.
 
 A run's rows are built once and kept in memory until one of the files they come from changes (their sizes and
-modification times are the key), so paging through 100k rows does not read them again.
+modification times are the key; the last `KEPT_EVALUATIONS` evaluations used are kept), so paging through 100k rows
+does not read them again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import statistics
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -66,8 +68,9 @@ class HeldOutRows:
 # ---- building -------------------------------------------------------------------------------------
 
 
-_CACHE: dict[Path, tuple[tuple, HeldOutRows]] = {}
-_CACHE_LOCK = threading.Lock()
+KEPT_EVALUATIONS = 16            # the rows of this many evaluations stay in memory, the last used ones
+_CACHE: OrderedDict[Path, tuple[tuple, HeldOutRows]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()   # held while rows are built, so two first requests build them once
 
 
 def held_out_rows(run, folder: Path) -> HeldOutRows:
@@ -75,12 +78,13 @@ def held_out_rows(run, folder: Path) -> HeldOutRows:
     stamp = _stamp(folder, run)
     with _CACHE_LOCK:
         cached = _CACHE.get(folder)
-    if cached is not None and cached[0] == stamp:
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, build_rows(run, folder))
+        _CACHE[folder] = cached
+        _CACHE.move_to_end(folder)
+        while len(_CACHE) > KEPT_EVALUATIONS:
+            _CACHE.popitem(last=False)
         return cached[1]
-    built = build_rows(run, folder)
-    with _CACHE_LOCK:
-        _CACHE[folder] = (stamp, built)
-    return built
 
 
 def _stamp(folder: Path, run) -> tuple:
