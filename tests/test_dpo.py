@@ -49,10 +49,17 @@ def data(tmp_path_factory) -> dict[str, Path]:
     chat = [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
              "rejected": [{"role": "assistant", "content": r["rejected"].strip()}]} for r in pairs]
+    ultrafeedback = [{"prompt": r["prompt"], "prompt_id": str(i), "score_chosen": 8.0, "score_rejected": 2.0,
+                      "chosen": [{"role": "user", "content": r["prompt"]},
+                                 {"role": "assistant", "content": r["chosen"].strip()}],
+                      "rejected": [{"role": "user", "content": r["prompt"]},
+                                   {"role": "assistant", "content": r["rejected"].strip()}]}
+                     for i, r in enumerate(pairs)]
     hh = [{"chosen": f"\n\nHuman: {r['prompt']}\n\nAssistant:{r['chosen']}",
            "rejected": f"\n\nHuman: {r['prompt']}\n\nAssistant:{r['rejected']}"} for r in pairs]
     return {"pairs": write_jsonl(folder / "pairs.jsonl", pairs), "chat": write_jsonl(folder / "chat.jsonl", chat),
             "hh": write_jsonl(folder / "hh.jsonl", hh),
+            "ultrafeedback": write_jsonl(folder / "ultrafeedback.jsonl", ultrafeedback),
             "sft": write_jsonl(folder / "sft.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]}
                                                       for r in pairs])}
 
@@ -249,6 +256,23 @@ def test_ftune_generate_and_runs_take_a_dpo_run(full_run, lora_run, tmp_path):
     assert "dpo" in result.stdout and "rewards_accuracy" in result.stdout
 
 
+def test_pictures_show_the_margins_and_the_training_and_held_out_reward_accuracy(full_run):
+    from ftune.pictures import histogram_figure, learning_curves_figure
+
+    margins = [line["margin"] for line in read_jsonl(full_run / "eval_predictions.jsonl")]
+    (axes,) = histogram_figure(margins, "reward margin", threshold=0.0).axes
+    assert sum(bar.get_height() for bar in axes.patches) == len(margins)
+    share = sum(m > 0 for m in margins) / len(margins)
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == [f"{share:.1%} of the rows above 0"]
+    history = read_json(full_run / "trainer_state.json")["log_history"]
+    figure = learning_curves_figure(history, "rewards_accuracy", True)
+    (panel,) = [a for a in figure.axes if a.get_title() == "Held-out rewards_accuracy"]
+    lines = {line.get_label(): list(line.get_ydata()) for line in panel.get_lines()}
+    assert lines["training rewards_accuracy"] == [e["rewards_accuracy"] for e in history if "rewards_accuracy" in e]
+    assert lines["held-out rewards_accuracy"] == [e["eval_rewards_accuracy"] for e in history
+                                                  if "eval_rewards_accuracy" in e]
+
+
 # --------------------------------------------------------------------------------------------------
 # The reference model
 
@@ -308,13 +332,19 @@ def test_a_lora_sft_run_is_the_reference_of_the_dpo_run_it_starts(tiny_gpt2, dat
 
 
 @pytest.mark.numerics
-def test_precomputed_reference_gives_the_figures_of_the_frozen_copy(full_run, tiny_gpt2, data, tmp_path):
-    run = dpo(tmp_path / "pre", "--model", tiny_gpt2, "--data", data["pairs"], "--precompute-ref", *FAST)
-    ours, theirs = read_json(run / "eval_results.json"), read_json(full_run / "eval_results.json")
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_precomputed_reference_gives_the_figures_of_the_reference_at_every_step(method, full_run, lora_run,
+                                                                                tiny_gpt2, data, tmp_path):
+    lora = ("--lora",) if method == "lora" else ()
+    run = dpo(tmp_path / "pre", "--model", tiny_gpt2, "--data", data["pairs"], "--precompute-ref", *lora, *FAST)
+    every_step = lora_run if lora else full_run
+    ours, theirs = read_json(run / "eval_results.json"), read_json(every_step / "eval_results.json")
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
     assert "precomputed" in (run / "README.md").read_text()
+    if lora:
+        assert not (run / "ref").exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,15 +367,18 @@ def test_pair_layouts_normalise_to_prompt_and_answers():
         normalise_pair("q", [good], " b")
 
 
-def test_chat_messages_and_hh_layouts_train(chat_gpt2, tiny_gpt2, data, tmp_path):
+def test_chat_messages_ultrafeedback_and_hh_layouts_train(chat_gpt2, tiny_gpt2, data, tmp_path):
     chat = dpo(tmp_path / "chat", "--model", chat_gpt2, "--data", data["chat"], *FAST)
     state = __import__("yaml").safe_load((chat / "ftune.yaml").read_text())["run"]["state"]
     assert state["chat"] is True and state["columns"] == {"prompt": "prompt", "chosen": "chosen",
                                                           "rejected": "rejected"}
+    ultrafeedback = dpo(tmp_path / "uf", "--model", chat_gpt2, "--data", data["ultrafeedback"], *FAST)
+    state = __import__("yaml").safe_load((ultrafeedback / "ftune.yaml").read_text())["run"]["state"]
+    assert state["chat"] is True and state["columns"]["prompt"] == "prompt"
     hh = dpo(tmp_path / "hh", "--model", tiny_gpt2, "--data", data["hh"], *FAST)
     state = __import__("yaml").safe_load((hh / "ftune.yaml").read_text())["run"]["state"]
     assert state["chat"] is False and state["columns"]["prompt"] is None
-    for run in (chat, hh):
+    for run in (chat, ultrafeedback, hh):
         assert len(read_jsonl(run / "eval_predictions.jsonl")) == read_json(run / "eval_results.json")["eval_samples"]
 
 
@@ -379,7 +412,6 @@ def test_bad_pairs_are_one_line_naming_the_file_lines_and_nothing_is_written(cas
     (("--loss", "sft"), "couples the pairs of a batch"),
     (("--loss", "nonsense"), "is not one of"),
     (("--loss", "exo_pair"), "--label-smoothing above 0"),
-    (("--precompute-ref", "--lora"), "--precompute-ref is for full fine-tuning"),
 ])
 def test_refused_options_are_one_line(args, expected, tiny_gpt2, data, tmp_path):
     out = tmp_path / "out"

@@ -53,7 +53,8 @@ class DPOOptions(TaskOptions):
     label_smoothing: float = option(0.0, "Share of pairs assumed flipped (--loss robust, below 0.5; exo_pair needs "
                                          "it above 0).", panel="DPO", min=0.0, max=1.0, exclusive_max=True)
     precompute_ref: bool = option(False, "Score the pairs with the reference model once, before training, instead "
-                                         "of keeping a copy of it in memory (full fine-tuning).", panel="DPO")
+                                         "of at every step (and, fine-tuning all weights, instead of keeping a "
+                                         "copy of the model in memory).", panel="DPO")
     prompt_column: Optional[str] = option(None, "Column with the prompts (detected: prompt; leave out when chosen "
                                                 "and rejected are whole conversations sharing the prompt).",
                                           panel="Data")
@@ -78,9 +79,6 @@ class DPOOptions(TaskOptions):
             problems.append("--loss exo_pair needs --label-smoothing above 0 (its paper suggests 1e-3)")
         if self.loss == "robust" and self.label_smoothing >= 0.5:
             problems.append("--loss robust needs --label-smoothing below 0.5")
-        if self.precompute_ref and config.lora:
-            problems.append("--precompute-ref is for full fine-tuning; with --lora the reference is the model with "
-                            "its adapter disabled, no copy to save: drop one of them")
         return problems
 
 
@@ -261,9 +259,10 @@ class DPOTask(Task):
 
     def model_card_facts(self, config, state):
         opts = config.task_options
-        reference = ("its log-probabilities precomputed before training" if opts.precompute_ref else
-                     "the starting model with the adapter disabled" if config.lora else
+        reference = ("the starting model with the adapter disabled" if config.lora else
                      "a frozen copy of the starting model")
+        if opts.precompute_ref:
+            reference += ", its log-probabilities precomputed before training"
         return [f"**Preference-tuned (DPO) from** `{config.model}`: loss `{opts.loss}`, beta {opts.beta:g}; "
                 f"reference: {reference}"]
 

@@ -85,7 +85,8 @@ class PreferenceTrainer(FtuneTrainer, DPOTrainer):
             add_fused_lm_head(model.get_base_model() if peft else model)
             return
         # A frozen copy of the starting model is the reference of a full run, unless its log-probs are precomputed
-        # (then TRL scores the pairs with the model before its first step); under LoRA it is the adapter disabled.
+        # (then TRL scores the pairs with the model before its first step); under LoRA it is the adapter disabled
+        # (precomputed or at every step).
         ref_model = None if peft or preference.precompute_ref else _frozen_copy(model)
         DPOTrainer.__init__(self, model=model, ref_model=ref_model, args=preference.arguments(args),
                             data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
