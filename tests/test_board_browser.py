@@ -1,10 +1,12 @@
 """`ftune board`'s pages in a real browser (headless Chromium through Playwright): `ftune board --port 0` in a
-subprocess over tiny-model runs trained here (two classify runs on one split, ner, qa, a 2-trial sweep, a broken
-folder). Every page opens without console errors; a confusion-matrix cell lists exactly the rows of
-eval_predictions.jsonl with that reference and prediction; the fixed/broken counts of two runs equal a computation
-from their two files; the sweep page lists its trials; "Try it" answers what `ftune predict` prints; a run deleted
-while its page is open shows the board's message. Screenshots of every page go to the test's folder and to
-/tmp/board-shots/.
+subprocess over tiny-model runs trained here (two classify runs on one split, one of them also evaluated on other
+data, ner, qa, a 2-trial sweep, a broken folder). Every page opens without console errors; the runs table sorts and
+filters; a confusion-matrix cell (clicked, or chosen from the keyboard) lists exactly the rows of
+eval_predictions.jsonl with that reference and prediction; the fixed/broken counts and rows of two runs equal a
+computation from their two files; an evaluation shows its own figures and rows; the sweep page lists its trials;
+"Try it" answers what `ftune predict` prints; a run deleted while its page is open shows the board's message; with
+an API key the pages work once opened with `?key=`; an empty folder says how to make a run. Screenshots of every
+page go to the test's folder and to /tmp/board-shots/.
 
 Marked `browser` (left out of the default run; .ci/run runs them); they skip where playwright or Chromium is missing.
 """
@@ -61,6 +63,8 @@ def runs_root(tmp_path_factory, tiny_bert):
     for name, steps in (("classify-a", "4"), ("classify-b", "40")):
         train("classify", "--model", tiny_bert, "--data", sentiment, "--output-dir", root / name, "--val-fraction",
               "0.3", "--max-steps", steps, *COMMON)
+    other = write_jsonl(data / "other.jsonl", sentiment_rows(24, seed=5, labels=("negative", "neutral", "positive")))
+    train("eval", root / "classify-b", "--data", other)   # RUN/evals/NAME/
     conll = data / "conll"
     conll.mkdir()
     write_conll(conll / "train.txt", sentences(60, seed=0))
@@ -81,9 +85,9 @@ def runs_root(tmp_path_factory, tiny_bert):
 class Board:
     """`ftune board FOLDER --port 0` in a subprocess; `url` once its ready line has been read."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *options: str):
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-m", "ftune", "board", str(folder), "--port", "0"],
+        self.process = subprocess.Popen([sys.executable, "-m", "ftune", "board", str(folder), "--port", "0", *options],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                         cwd=str(ROOT))
         line = self.process.stdout.readline()
@@ -207,6 +211,60 @@ def test_every_page_opens_without_console_errors(tab, board, runs_root):
     assert listing["broken"][0]["why"] in broken.inner_text()
 
 
+def test_the_runs_table_sorts_and_filters(tab, board):
+    runs = board.api("/api/runs").json()["runs"]
+    page = tab.open("/")
+    page.wait_for_selector("#runs-table tbody tr")
+
+    def shown():
+        return page.locator("#runs-table tbody input[type=checkbox]").evaluate_all("b => b.map(x => x.dataset.runId)")
+
+    page.locator("#runs-table th[data-sort='metric'] button").click()   # ascending; runs without a metric last
+    values = [(run["main_metric"] or {}).get("value") for run in runs]
+    ascending = sorted(range(len(runs)), key=lambda i: (values[i] is None, values[i] or 0))
+    assert shown() == [runs[i]["id"] for i in ascending]
+    assert page.locator("#runs-table th[data-sort='metric']").get_attribute("aria-sort") == "ascending"
+    page.locator("#filter-task").select_option("ner")
+    assert shown() == [run["id"] for run in runs if run["task"] == "ner"]
+    page.locator("#filter-task").select_option("")
+    page.locator("#filter-text").fill("classify-")
+    assert sorted(shown()) == ["classify-a", "classify-b"]
+    assert tab.errors == []
+
+
+def test_an_evaluation_on_other_data_shows_its_own_figures_and_rows(tab, runs_root):
+    (evaluation,) = (runs_root / "classify-b" / "evals").iterdir()
+    results = read_json(evaluation / "eval_results.json")
+    predictions = read_jsonl(evaluation / "eval_predictions.jsonl")
+    page = tab.open(f"/runs/classify-b?eval={evaluation.name}")
+    page.wait_for_selector("#metrics-table tbody tr")
+    assert page.locator("#eval-select").input_value() == evaluation.name
+    shown = dict(zip(page.locator("#metrics-table tbody th").all_inner_texts(),
+                     page.locator("#metrics-table tbody td").all_inner_texts()))
+    assert float(shown["accuracy"]) == pytest.approx(results["eval_accuracy"], abs=5e-5)
+    page.locator("#errors-link").click()
+    wrong = {str(r["id"]) for r in predictions if r["prediction"] != r["reference"]}
+    wait_for_rows(page, len(wrong))
+    assert set(errors_page_rows(page)) == wrong
+    assert f"eval={evaluation.name}" in page.url
+    assert tab.errors == []
+
+
+def test_with_an_api_key_the_pages_work_once_opened_with_it(runs_root, browser, shots):
+    server = Board(runs_root, "--api-key", "s3cret")
+    try:
+        tab = Tab(browser, server.url, shots)
+        assert server.api("/api/runs").status_code == 401
+        page = tab.open("/?key=s3cret")     # sets the cookie the page's own requests carry
+        page.wait_for_selector("#runs-table tbody tr")
+        page.locator("#runs-table a", has_text="classify-b").click()
+        page.wait_for_selector("#metrics-table tbody tr")
+        assert "key=" not in page.url
+        assert tab.errors == []
+    finally:
+        server.stop()
+
+
 def test_an_empty_folder_says_how_to_make_a_run(tmp_path, browser, shots):
     server = Board(tmp_path)
     try:
@@ -237,7 +295,11 @@ def test_a_confusion_cell_lists_exactly_its_rows(tab, runs_root, start):
     page = tab.open("/runs/classify-a/errors" if start == "errors" else "/runs/classify-a")
     cell = page.locator(f"#matrix button.cell[data-reference='{reference}'][data-prediction='{prediction}']")
     assert cell.inner_text() == str(len(ids))
-    reload_rows(page, cell.click)
+    if start == "errors":   # from the keyboard: the cells are buttons
+        cell.focus()
+        reload_rows(page, lambda: page.keyboard.press("Enter"))
+    else:
+        reload_rows(page, cell.click)
     if start == "run":
         page.wait_for_url("**/runs/classify-a/errors?*")
     wait_for_rows(page, len(ids))
