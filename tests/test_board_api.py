@@ -491,17 +491,24 @@ def test_a_hundred_thousand_rows_page_from_memory(board_runs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def generative_runs(tmp_path_factory, tiny_gpt2):
-    """A dpo run and an lm run on a tiny GPT-2, in a board folder of their own."""
+def generative_runs(tmp_path_factory, tiny_gpt2, tiny_t5):
+    """A dpo run and an lm run on a tiny GPT-2, a summarize run on a tiny T5, in a board folder of their own."""
     from tests.test_dpo import repeat_pairs
+    from tests.test_summarize import summary_rows
 
     root = tmp_path_factory.mktemp("board-generative") / "runs"
-    pairs = write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", repeat_pairs(40))
+    data = tmp_path_factory.mktemp("board-generative-data")
+    pairs = write_jsonl(data / "pairs.jsonl", repeat_pairs(40))
     common = ["--model", tiny_gpt2, "--data", pairs, "--max-steps", "2", "--batch-size", "8", "--max-length", "32",
               "--precision", "fp32"]
     for task, extra in (("dpo", []), ("lm", ["--text-column", "prompt"])):
         result = invoke(task, *common, *extra, "--output-dir", root / task)
         assert result.exit_code == 0, result
+    documents = write_jsonl(data / "documents.jsonl", summary_rows(40))
+    result = invoke("summarize", "--model", tiny_t5, "--data", documents, "--max-steps", "1", "--batch-size", "8",
+                    "--max-length", "16", "--max-target-length", "4", "--val-fraction", "0.2", "--precision", "fp32",
+                    "--output-dir", root / "summarize")
+    assert result.exit_code == 0, result
     return root
 
 
@@ -545,3 +552,30 @@ def test_an_lm_run_tries_as_ftune_generate(generative_client, generative_runs, t
     response = generative_client.post("/api/runs/lm/try", json={"prompt": "repeat cat:", "max_tokens": 5})
     assert response.status_code == 200, response.text
     assert response.json()["text"] == read_jsonl(out)[0]["generation"]
+
+
+def test_summarize_rows_carry_their_rouge_l_and_the_worst_half_is_wrong(generative_client, generative_runs):
+    from rouge_score import rouge_scorer
+
+    run = generative_runs / "summarize"
+    # The tiny model's outputs are near empty: the lines are given outputs of every quality here (a copy of the
+    # reference, half of it, unrelated words), as a run could have written them.
+    lines = read_jsonl(run / "eval_predictions.jsonl")
+    for i, line in enumerate(lines):
+        words = line["reference"].split()
+        line["prediction"] = [line["reference"], " ".join(words[:len(words) // 2]), "paris london"][i % 3]
+    (run / "eval_predictions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    expected = {line["id"]: 100 * scorer.score(line["reference"], line["prediction"])["rougeL"].fmeasure
+                for line in lines}
+    rows = all_rows(generative_client, "summarize", sort="score", order="asc")
+    assert [row["id"] for row in rows] == sorted(expected, key=lambda i: expected[i])   # stable: ties in file order
+    values = sorted(expected.values())
+    middle = len(values) // 2
+    median = values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+    split = read_json(run / "split.json")
+    documents = read_jsonl(split["source"])
+    for row in rows:
+        assert row["row_score"]["name"] == "ROUGE-L" and abs(row["row_score"]["value"] - expected[row["id"]]) < 1e-9
+        assert row["wrong"] == (expected[row["id"]] < median)
+        assert row["output"] == row["prediction"] and row["source"] == documents[int(row["id"][1:])]["document"]
