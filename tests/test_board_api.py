@@ -209,8 +209,8 @@ def test_rows_carry_the_held_out_input_rows_of_the_split(client, board_runs):
     assert all(row["length"] == len(expected[row["id"]]) for row in rows)
     needle = rows[0]["text"]["text"].split()[1].upper()
     found = all_rows(client, "classify-a", q=needle)
-    assert {row["id"] for row in found} == {row["id"] for row in rows if needle.lower() in
-                                            " ".join([row["text"]["text"], row["reference"], row["prediction"]]).lower()}
+    searched = {row["id"]: " ".join([row["text"]["text"], row["reference"], row["prediction"]]) for row in rows}
+    assert {row["id"] for row in found} == {i for i, text in searched.items() if needle.lower() in text.lower()}
     shortest = min(row["length"] for row in rows)
     assert {row["id"] for row in all_rows(client, "classify-a", max_length=shortest)} == \
         {row["id"] for row in rows if row["length"] == shortest}

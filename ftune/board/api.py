@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from ftune.board.compare import comparison, compared_rows
-from ftune.board.index import BoardError, BoardIndex, BoardRun, run_json, sweep_folder
+from ftune.board.index import BoardError, BoardIndex, BoardRun, run_json, sweep_folder, sweep_summary
 from ftune.board.rows import DEFAULT_LIMIT, RowQuery, held_out_rows, query_rows
 from ftune.board.sweeps import sweep_json
 from ftune.folders import CONFIG_FILE
@@ -124,9 +124,7 @@ def sweep(sweep_id: str, request: Request):
     path, sweep_id = index.sweep(sweep_id)
     listing = index.listing()
     summary = next((s for s in listing["sweeps"] if s["id"] == sweep_id), None)
-    if summary is None:
-        from ftune.board.index import sweep_summary
-
+    if summary is None:   # a sweep with no trial run yet
         summary = sweep_summary(path, sweep_id)
     trial_ids = {Path(r["path"]).name: r["id"] for r in listing["runs"] if r["sweep"] == sweep_id}
     return sweep_json(path, sweep_id, summary, trial_ids)

@@ -189,7 +189,7 @@ def _classify(run, lines, rows, data) -> str:
     if isinstance(first, list):
         for row in rows:
             row["wrong"] = set(row["prediction"] or []) != set(row["reference"] or [])
-        _scores(lines, rows)
+        _recorded(lines, rows, "score", "loss")
         return "the predicted label set differs from the reference set"
     if isinstance(first, (int, float)) and not isinstance(first, bool):
         for row in rows:
@@ -199,18 +199,17 @@ def _classify(run, lines, rows, data) -> str:
         return "regression rows are never wrong: sort by loss (the squared error) for the worst"
     for row in rows:
         row["wrong"] = row["prediction"] != row["reference"]
-    _scores(lines, rows)
+    _recorded(lines, rows, "score", "loss")
     return "the predicted label is not the reference label"
 
 
-def _scores(lines, rows) -> None:
+def _recorded(lines, rows, *fields: str) -> None:
+    """Copy the per-row figures a task's lines record (`score`, `loss`) onto the rows."""
     for line, row in zip(lines, rows):
-        score = line.get("score")
-        if isinstance(score, (int, float)) and not isinstance(score, bool):
-            row["score"] = float(score)
-        loss = line.get("loss")
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            row["loss"] = float(loss)
+        for name in fields:
+            value = line.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[name] = float(value)
 
 
 def _ner(run, lines, rows, data) -> str:
@@ -222,7 +221,7 @@ def _ner(run, lines, rows, data) -> str:
         row["predicted_entities"] = word_entities(predicted)
         scores = [s for s in line.get("scores") or [] if isinstance(s, (int, float))]
         row["score"] = min(scores) if scores else None
-    _scores_loss_only(lines, rows)
+    _recorded(lines, rows, "loss")
     return "a sentence with any word's tag wrong (score: the least confident word's probability)"
 
 
@@ -231,13 +230,10 @@ def word_entities(tags: list[str]) -> list[dict[str, Any]]:
     groups them (ftune.tasks.ner.entities)."""
     from ftune.tasks.ner.entities import group_entities
 
-    spans = []
-    at = 0
-    for _ in tags:   # each word as one character, so character offsets are word offsets
-        spans.append((at, at + 1))
-        at += 2
-    entities = group_entities(" ".join("x" for _ in tags), list(tags), [0.0] * len(tags), spans)
-    return [{"type": e["type"], "start": e["start"] // 2, "end": e["end"] // 2 + 1} for e in entities]
+    # Each word as one character of a text of its own: the entities' character offsets are then word offsets.
+    spans = [(i, i + 1) for i in range(len(tags))]
+    entities = group_entities("x" * len(tags), list(tags), [0.0] * len(tags), spans)
+    return [{"type": e["type"], "start": e["start"], "end": e["end"]} for e in entities]
 
 
 def _qa(run, lines, rows, data) -> str:
@@ -246,7 +242,7 @@ def _qa(run, lines, rows, data) -> str:
 
     version_2 = bool(getattr(run.state, "version_2", False))
     columns = run.state.columns
-    _scores(lines, rows)
+    _recorded(lines, rows, "score", "loss")
     for position, (line, row) in enumerate(zip(lines, rows)):
         golds = line.get("reference") or []
         golds = [golds] if isinstance(golds, str) else list(golds)
@@ -283,7 +279,7 @@ def _seq2seq(name: str, score: Callable[[list[str], list[str]], list[float]]):
             row["source"] = _plain_text(next(iter(row["text"].values()), "")) if row["text"] else None
             row["row_score"] = {"name": name, "value": value}
             row["wrong"] = value < median
-        _scores_loss_only(lines, rows)
+        _recorded(lines, rows, "loss")
         return f"the row's {name} (0-100, computed from its line) is below the median row's ({median:.2f})"
 
     return shape
@@ -321,22 +317,15 @@ def _dpo(run, lines, rows, data) -> str:
         margin = line.get("margin")
         row["margin"] = float(margin) if isinstance(margin, (int, float)) else None
         row["score"] = abs(row["margin"]) if row["margin"] is not None else None
-    _scores_loss_only(lines, rows)
+    _recorded(lines, rows, "loss")
     return "the policy prefers the rejected answer (score: the size of the reward margin)"
 
 
 def _generic(run, lines, rows, data) -> str:
     for row in rows:
         row["wrong"] = row["prediction"] != row["reference"]
-    _scores(lines, rows)
+    _recorded(lines, rows, "score", "loss")
     return "the prediction differs from the reference"
-
-
-def _scores_loss_only(lines, rows) -> None:
-    for line, row in zip(lines, rows):
-        loss = line.get("loss")
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            row["loss"] = float(loss)
 
 
 TASK_SHAPES = {"classify": _classify, "ner": _ner, "qa": _qa, "summarize": _seq2seq("ROUGE-L", rouge_l),

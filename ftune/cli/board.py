@@ -11,8 +11,8 @@ from ftune.cli.common import Debug
 
 
 def board_command(
-    folders: Annotated[Optional[list[Path]], typer.Argument(metavar="[DIR ...]", show_default=False,
-                                                            help="Folders of runs and sweeps (default: runs/).")] = None,
+    folders: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="DIR", show_default=False, help="Folders of runs and sweeps (default: runs/).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; any but 127.0.0.1, localhost or ::1 needs "
                                       "--api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0: a free one, printed when ready).")] = 8080,
