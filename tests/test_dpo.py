@@ -9,14 +9,12 @@ import json
 import math
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import tiny_models
-from tests.conftest import ROOT, invoke, read_json, read_jsonl
+from tests.conftest import invoke, read_json, read_jsonl
 
 FAST = ("--max-steps", "8", "--batch-size", "8", "--lr", "2e-3", "--logging-steps", "2", "--max-length", "64",
         "--precision", "fp32")  # fp32 on every CPU: tests compare figures
@@ -452,21 +450,35 @@ def test_trl_hooks_ftune_replaces_still_exist():
 # Resume and sweep
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_run(tiny_gpt2, data, tmp_path):
+def test_resume_after_an_interruption_gives_the_uninterrupted_run(tiny_gpt2, data, tmp_path, monkeypatch):
+    """SIGINT while step 3 trains (the real signal, sent from inside the step, as tests/helpers/signal_during_run.py
+    does): exit 130 with a checkpoint; --resume ends with the weights and figures of an uninterrupted run."""
+    import os
+    import signal
+
+    import ftune.trainers
+
     args = ["dpo", "--model", tiny_gpt2, "--data", data["pairs"], "--max-steps", "6", "--eval-steps", "2",
             "--checkpoint-minutes", "0", "--batch-size", "8", "--lr", "2e-3", "--max-length", "64",
             "--logging-steps", "1", "--precision", "fp32"]
     reference = tmp_path / "uninterrupted"
     assert invoke(*args, "--output-dir", reference).exit_code == 0
+    original = ftune.trainers.FtuneTrainer.training_step
+
+    def training_step(self, *a, **kw):
+        if self.state.global_step + 1 == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *a, **kw)
+
     run = tmp_path / "run"
-    stopped = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "signal_during_run.py"), "step",
-                              "SIGINT", "3", *map(str, args), "--output-dir", str(run)],
-                             capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert stopped.returncode == 130, stopped.stderr[-3000:]
-    assert not (run / "train_results.json").exists()
+    with monkeypatch.context() as patched:
+        patched.setattr(ftune.trainers.FtuneTrainer, "training_step", training_step)
+        stopped = invoke(*args, "--output-dir", run)
+    assert stopped.exit_code == 130, stopped
+    assert not (run / "train_results.json").exists() and (run / "checkpoint-3").is_dir()
     resumed = invoke(*args, "--output-dir", run, "--resume")
     assert resumed.exit_code == 0, resumed
-    assert "resuming from checkpoint-" in resumed.stdout
+    assert "resuming from checkpoint-3" in resumed.stdout
     assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
     assert read_json(run / "eval_results.json") == read_json(reference / "eval_results.json")
 

@@ -84,6 +84,12 @@ class PreferenceTrainer(FtuneTrainer, DPOTrainer):
             self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
             add_fused_lm_head(model.get_base_model() if peft else model)
             return
+        if args.n_gpu > 1:
+            from ftune.errors import UsageError
+
+            # TRL refuses nn.DataParallel, which transformers uses when one process sees several GPUs.
+            raise UsageError(f"ftune dpo trains on one GPU per process and this one sees {args.n_gpu}: pass "
+                             f"--num-processes {args.n_gpu}, or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
         # A frozen copy of the starting model is the reference of a full run, unless its log-probs are precomputed
         # (then TRL scores the pairs with the model before its first step); under LoRA it is the adapter disabled
         # (precomputed or at every step).
