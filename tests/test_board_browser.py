@@ -37,6 +37,7 @@ READY = re.compile(r" at (http://[^/\s]+)/")
 # confuses the classes and B fixes some rows (the tests compute what they compare from the files either way).
 COMMON = ["--batch-size", "8", "--lr", "3e-3", "--max-length", "32", "--logging-steps", "2", "--precision", "fp32"]
 MS = 1000
+MARKUP = '<img src=x onerror="window.injected=1"> <b>&amp;</b>'
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,10 @@ def runs_root(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("board") / "runs"
     root.mkdir()
     data = tmp_path_factory.mktemp("data")
-    sentiment = write_jsonl(data / "sentiment.jsonl", sentiment_rows(90, labels=("negative", "neutral", "positive")))
+    rows = sentiment_rows(90, labels=("negative", "neutral", "positive"))
+    for row in rows[::5]:
+        row["text"] += f" {MARKUP}"   # data is untrusted: the pages must show this as text
+    sentiment = write_jsonl(data / "sentiment.jsonl", rows)
 
     def train(*args):
         result = invoke(*args)
@@ -149,6 +153,7 @@ class Tab:
         return self.page
 
     def shot(self, name: str):
+        self.page.evaluate("window.scrollTo(0, 0)")   # sticky headers are drawn where the page was scrolled
         file = self.shots / f"{name}.png"
         self.page.screenshot(path=str(file), full_page=True)
         shutil.copy(file, SHOTS / file.name)
@@ -335,6 +340,16 @@ def test_errors_page_filters_wrong_rows_and_text(tab, runs_root):
     assert tab.errors == []
 
 
+def test_text_from_the_data_is_shown_as_text_never_as_markup(tab, runs_root):
+    page = tab.open("/runs/classify-a/errors?wrong=all")
+    page.wait_for_selector("main[data-loaded='true']")
+    texts = page.locator("#rows-table tbody td.text-cell").all_inner_texts()
+    assert any(MARKUP in text for text in texts)
+    assert page.locator("#rows-table img, #rows-table b").count() == 0
+    assert page.evaluate("window.injected") is None
+    assert tab.errors == []
+
+
 def test_qa_errors_mark_the_gold_answer_in_the_context(tab, runs_root):
     predictions = {str(r["id"]): r for r in read_jsonl(runs_root / "qa" / "eval_predictions.jsonl")}
     page = tab.open("/runs/qa/errors?wrong=all")
@@ -388,9 +403,11 @@ def test_sweep_page_lists_the_trials_and_links_their_runs(tab, runs_root):
     numbers = page.locator("#trials-table tbody tr").evaluate_all("rows => rows.map(r => Number(r.dataset.trial))")
     assert sorted(numbers) == sorted(t["number"] for t in trials)
     assert page.locator("#history-chart .main-svg").count() > 0   # Plotly drew it
-    page.locator("#trials-table a", has_text="trial-001").click()
-    page.wait_for_url("**/runs/sweep/trial-001")
-    page.wait_for_selector("#metrics-table tbody tr")
+    for trial in trials:   # each trial's run page, with its weights kept or not
+        page = tab.open("/sweeps/sweep")
+        page.locator("#trials-table a", has_text=trial["run"]).click()
+        page.wait_for_url(f"**/runs/sweep/{trial['run']}")
+        page.wait_for_selector("#metrics-table tbody tr")
     assert tab.errors == []
 
 
@@ -401,11 +418,12 @@ def test_try_it_answers_what_ftune_predict_prints(tab, runs_root):
     expected = json.loads(printed.stdout.strip().splitlines()[-1])
 
     page = tab.open("/runs/classify-b")
-    page.wait_for_selector("#try-form textarea[name=text]")
+    page.locator("#try-load").click()   # the board loads the model
+    page.wait_for_selector("#try-form textarea[name=text]", timeout=180 * MS)
     page.locator("#try-form textarea[name=text]").fill(text)
     page.locator("#try-form button[type=submit]").click()
     answer = page.locator("#try-answer")
-    answer.wait_for(timeout=180 * MS)   # the board loads the model on the first try
+    answer.wait_for()
     shown = json.loads(answer.inner_text())
     assert shown.keys() == expected.keys()
     assert shown["label"] == expected["label"]

@@ -146,7 +146,8 @@
   }
 
   // ---- Try it ----------------------------------------------------------------------------------------------
-  async function setUpTry(run) {
+  // The model loads on the board when asked for (it stays loaded there): a page view alone loads nothing.
+  function setUpTry(run) {
     const card = document.getElementById("try-card");
     // can_try: the API says whether the run has what the model needs (a sweep trial may keep no weights).
     if (run.status !== "finished" || run.can_try === false || evalName) { card.hidden = true; return; }
@@ -154,11 +155,17 @@
     if (tryReady) return;
     tryReady = true;
     const form = document.getElementById("try-form");
+    const load = el("button", {type: "button", id: "try-load"}, "Load the model");
+    load.addEventListener("click", () => { load.disabled = true; load.textContent = "Loading the model…"; buildTry(form); });
+    fill(form, el("div", {}, load));
+  }
+
+  async function buildTry(form) {
     let takes;
     try {
       takes = await api(`${base}/inputs`);
     } catch (exc) {
-      fill(form, el("p", {class: "muted"}, `Not available: ${exc.message}`));
+      fill(form, el("div", {class: "alert inline", role: "alert"}, `Cannot try this run: ${exc.message}`));
       return;
     }
     // A run that only generates text takes {"prompt", "max_tokens"}; the others take serve's rows and settings.
@@ -254,7 +261,9 @@
       board.showError(null);
     } catch (exc) {
       board.showError(exc.message);
-      document.getElementById("run-content").hidden = exc.status === 404;
+      if (exc.status === 404) {   // gone: nothing of it is shown as if it were there
+        for (const id of ["run-content", "run-facts", "errors-link", "eval-choice"]) document.getElementById(id).hidden = true;
+      }
     }
   }
 
