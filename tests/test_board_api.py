@@ -327,6 +327,13 @@ def test_a_run_deleted_while_shown_answers_that_its_folder_is_gone(client, board
     try:
         assert "doomed" in {run["id"] for run in get(client, "/api/runs")["runs"]}
         assert get(client, "/api/runs/doomed/rows")["total"] > 0
+        results = (doomed / "eval_results.json").read_text()
+        (doomed / "eval_results.json").write_text("[]")   # changed while the board runs: read again
+        assert {b["id"]: b["why"] for b in get(client, "/api/runs")["broken"]}["doomed"] == \
+            "eval_results.json does not hold a JSON object"
+        (doomed / "eval_results.json").write_text(results)
+        listed = {run["id"]: run for run in get(client, "/api/runs")["runs"]}
+        assert listed["doomed"]["metrics"] == listed["classify-a"]["metrics"]
     finally:
         shutil.rmtree(doomed)
     for url in ("/api/runs/doomed", "/api/runs/doomed/rows"):

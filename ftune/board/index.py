@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-from ftune.folders import CONFIG_FILE, FINISHED_FILE
+from ftune.folders import CONFIG_FILE, FINISHED_FILE, RUN_MARKER
 from ftune.rundir import EVAL_PREDICTIONS, EVAL_RESULTS, SPLIT_FILE
+from ftune.runs import BEST_SO_FAR
 from ftune.sweep.options import RECIPE_FILE as SWEEP_RECIPE
 
 EVALS_FOLDER = "evals"                   # `ftune eval RUN --data ...` writes RUN/evals/NAME/ (ftune.evaluation)
+# The files a run's summary and its broken check read (ftune.runs.read_run, broken_why); its status is read anew.
+SUMMARY_FILES = (CONFIG_FILE, FINISHED_FILE, EVAL_RESULTS, SPLIT_FILE, EVAL_PREDICTIONS, RUN_MARKER, BEST_SO_FAR)
 HOW_TO_START = ("no ftune runs here yet: train one into this folder, e.g. ftune classify --data FILE --output-dir "
                 "{folder}/first-run, and it appears without a restart")
 
@@ -71,6 +74,7 @@ class BoardIndex:
     def __init__(self, folders: list[Path]):
         self.folders = [Path(f) for f in folders]
         self._seen: dict[str, Path] = {}
+        self._summaries: dict[Path, tuple] = {}     # per run or sweep folder: (its files' stamp, what was read)
         self._lock = threading.Lock()
 
     # ---- ids ----------------------------------------------------------------------------------------
@@ -115,26 +119,61 @@ class BoardIndex:
         """What `GET /api/runs` answers: every run, sweep and broken run folder, found now."""
         from ftune.runs import find_runs
 
-        runs, sweeps, broken = [], {}, []
+        runs, sweeps, broken, found = [], {}, [], set()
         for index, root in enumerate(self.folders):
             for path in (find_runs(root) if root.is_dir() else []):
+                found.update((path, path.parent))
                 run_id = self.run_id(path, index)
                 with self._lock:
                     self._seen[run_id] = path
-                why = broken_why(path)
+                sweep = sweep_folder(path, root)
+                sweep_id = self.run_id(sweep, index) if sweep is not None else None
+                why, shown = self._summary(path, root, run_id, sweep_id)
                 if why is not None:
                     broken.append({"id": run_id, "path": str(path), "why": why})
                     continue
-                sweep = sweep_folder(path, root)
-                sweep_id = self.run_id(sweep, index) if sweep is not None else None
                 if sweep is not None and sweep_id not in sweeps:
-                    sweeps[sweep_id] = sweep_summary(sweep, sweep_id)
-                runs.append(run_json(path, root, run_id, sweep_id))
+                    sweeps[sweep_id] = self._sweep_summary(sweep, sweep_id)
+                runs.append(shown)
+        with self._lock:   # forget the folders that are gone
+            self._summaries = {path: kept for path, kept in self._summaries.items() if path in found}
         answer: dict[str, Any] = {"folders": [str(f) for f in self.folders], "runs": runs,
                                   "sweeps": list(sweeps.values()), "broken": broken}
         if not runs and not broken:
             answer["how_to_start"] = HOW_TO_START.format(folder=self.folders[0])
         return answer
+
+    def _summary(self, path: Path, root: Path, run_id: str,
+                 sweep_id: Optional[str]) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+        """(why the run is broken, or None; the run as the API shows it), read again only when one of the files it
+        comes from has changed (reading ftune.yaml is most of a listing's time); the status is always found now."""
+        from ftune.runs import run_status
+
+        stamp = (run_id, sweep_id, *(_file_stamp(path / name) for name in SUMMARY_FILES))
+        with self._lock:
+            cached = self._summaries.get(path)
+        if cached is None or cached[0] != stamp:
+            why = broken_why(path)
+            cached = (stamp, why, None if why is not None else run_json(path, root, run_id, sweep_id))
+            with self._lock:
+                self._summaries[path] = cached
+        _, why, shown = cached
+        if shown is None:
+            return why, None
+        return None, {**shown, "status": run_status(path), "evals": evaluation_names(path)}
+
+    def _sweep_summary(self, path: Path, sweep_id: str) -> dict[str, Any]:
+        """The sweep's summary, read again only when sweep.yaml or trials.jsonl has changed."""
+        from ftune.sweep.report import TRIALS_FILE
+
+        stamp = (sweep_id, _file_stamp(path / SWEEP_RECIPE), _file_stamp(path / TRIALS_FILE))
+        with self._lock:
+            cached = self._summaries.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, sweep_summary(path, sweep_id))
+            with self._lock:
+                self._summaries[path] = cached
+        return cached[1]
 
     def sweep(self, sweep_id: str) -> tuple[Path, str]:
         """The sweep folder `sweep_id` names; BoardError 404 when there is none."""
@@ -217,6 +256,14 @@ def sweep_summary(path: Path, sweep_id: str) -> dict[str, Any]:
     sweep = read_sweep(path)
     return {"id": sweep_id, "path": str(path), "name": path.name, "task": sweep["task"], "metric": sweep["metric"],
             "direction": sweep["direction"], "trials": len(sweep["trials"]), "best": sweep["best"]}
+
+
+def _file_stamp(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def _is_run(path: Path) -> bool:
