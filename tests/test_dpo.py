@@ -271,6 +271,27 @@ def test_pictures_show_the_margins_and_the_training_and_held_out_reward_accuracy
                                                   if "eval_rewards_accuracy" in e]
 
 
+def test_a_dpo_run_merges_and_exports_as_gguf_like_an_lm_run(lora_run, tmp_path):
+    """`ftune merge` makes the LoRA run standalone (its greedy text unchanged); `ftune export --format gguf` writes a
+    verified file (on ftune's verification text: a dpo run's held-out rows are pairs, not token blocks); ftune serve
+    takes it as a model that generates text."""
+    pytest.importorskip("gguf", reason="GGUF export needs the gguf package")
+    from ftune.rundir import open_run
+
+    assert open_run(lora_run).task.generates_text  # ftune serve's OpenAI-compatible endpoints
+    merged = tmp_path / "merged"
+    assert invoke("merge", lora_run, "--output-dir", merged).exit_code == 0
+    texts = [invoke("generate", "--model", model, "--prompt", "repeat city:", "--max-new-tokens", "4").stdout
+             for model in (lora_run, merged)]
+    assert texts[0] == texts[1] and texts[0].strip()
+    copy = tmp_path / "run"
+    shutil.copytree(lora_run, copy)
+    result = invoke("export", copy, "--format", "gguf")
+    assert result.exit_code == 0, result
+    record = read_json(copy / "exports" / "gguf" / "export.json")
+    assert record["verification"]["held_out"] == "ftune's verification text (dpo runs do not score token blocks)"
+
+
 # --------------------------------------------------------------------------------------------------
 # The reference model
 
