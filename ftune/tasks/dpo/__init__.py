@@ -185,14 +185,17 @@ class DPOTask(Task):
 
     # ---- features and training --------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
+        import datasets
+
         from ftune.tasks.dpo.data import encode_pair
 
         pairs, problems = self._pairs(state.columns, rows)
         raise_pair_problems([(problems, None, "the data")])
         check_prompt_lengths(tokenizer, [(pairs, None, "the data")], state.max_length)
         prompt, chosen, rejected = (list(side) for side in zip(*pairs)) if pairs else ([], [], [])
-        pair_rows = rows.from_dict({"prompt": [_cell(p) for p in prompt], "chosen": [_cell(c) for c in chosen],
-                                    "rejected": [_cell(r) for r in rejected]})
+        pair_rows = datasets.Dataset.from_dict({"prompt": [_cell(p) for p in prompt],
+                                                "chosen": [_cell(c) for c in chosen],
+                                                "rejected": [_cell(r) for r in rejected]})
 
         def encode(batch):
             ids = [encode_pair(tokenizer, _uncell(p), _uncell(c), _uncell(r))
@@ -267,11 +270,15 @@ class DPOTask(Task):
                 f"reference: {reference}"]
 
     def model_card_usage(self, config, state, run_path):
-        usage = super().model_card_usage(config, state, run_path)
+        command = f"\n\n# or from the command line:\n# ftune generate --model {run_path} --prompt \"...\""
         if config.lora and self.model_source(config).adapter_base() is not None:
-            usage = (f"# The adapter applies to {config.model} merged into its base model: load it with ftune, or\n"
-                     f"# make a standalone model with `ftune merge {run_path} --output-dir MERGED`.\n") + usage
-        return usage + f"\n\n# or from the command line:\n# ftune generate --model {run_path} --prompt \"...\""
+            # The adapter was trained on the LoRA run it started from, merged into its base: peft alone cannot
+            # rebuild that model, so the card shows the standalone model `ftune merge` makes.
+            return (f"# ftune merge {run_path} --output-dir MERGED   (the adapter applies to {config.model} merged "
+                    "into its base)\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                    "model = AutoModelForCausalLM.from_pretrained(\"MERGED\")\n"
+                    "tokenizer = AutoTokenizer.from_pretrained(\"MERGED\")" + command)
+        return super().model_card_usage(config, state, run_path) + command
 
 
 def pair_totals(outputs: list[dict[str, Any]]) -> dict[str, float]:
