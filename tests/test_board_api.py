@@ -343,6 +343,27 @@ def test_a_run_deleted_while_shown_answers_that_its_folder_is_gone(client, board
     assert_error(client.get("/api/runs/a/%2E%2E/%2E%2E/etc"), 404, "unknown_run")
 
 
+def test_an_unfinished_run_shows_its_curves_so_far_and_no_rows(client, board_runs):
+    from ftune.folders import COMPLETE_MARKER
+
+    unfinished = board_runs / "unfinished"
+    shutil.copytree(board_runs / "classify-a", unfinished)
+    try:   # as a run stopped after its checkpoint at step 2 leaves it
+        (unfinished / "train_results.json").unlink()
+        checkpoint = unfinished / "checkpoint-2"
+        checkpoint.mkdir()
+        (unfinished / "trainer_state.json").rename(checkpoint / "trainer_state.json")
+        (checkpoint / COMPLETE_MARKER).write_text("")
+        listed = {run["id"]: run for run in get(client, "/api/runs")["runs"]}
+        assert listed["unfinished"]["status"] == "interrupted"
+        run = get(client, "/api/runs/unfinished")
+        history = read_json(checkpoint / "trainer_state.json")["log_history"]
+        assert run["curves"]["train"]["loss"] == [[e["step"], e["loss"]] for e in history if "loss" in e] != []
+        assert "did not finish" in assert_error(client.get("/api/runs/unfinished/rows"), 409, "run_unreadable")
+    finally:
+        shutil.rmtree(unfinished)
+
+
 def test_an_empty_folder_says_how_to_make_a_run(tmp_path):
     from fastapi.testclient import TestClient
 

@@ -97,7 +97,7 @@ def run(run_id: str, request: Request):
     return {"run": summary, "evaluation": evaluation, "config": _config(found.path),
             "metrics": _read_json(folder / EVAL_RESULTS), "details": _read_json(folder / EVAL_DETAILS),
             "pictures": pictures(folder, f"/api/runs/{found.id}/files", suffix),
-            "curves": curves(found.path / TRAINER_STATE), "model_card": _read_text(found.path / MODEL_CARD),
+            "curves": curves(_trainer_state(found.path)), "model_card": _read_text(found.path / MODEL_CARD),
             "split": split}
 
 
@@ -174,6 +174,16 @@ def pictures(folder: Path, files_url: str, suffix: str) -> list[dict[str, str]]:
                    and not p.is_symlink() and not p.name.startswith("."))
     return [{"file": name, "caption": captions.get(name) or Path(name).stem.replace("_", " "),
              "url": f"{files_url}/{name}{suffix}"} for name in found]
+
+
+def _trainer_state(run: Path) -> Path:
+    """The run's trainer_state.json; for a run still training, its newest complete checkpoint's (the curves so far)."""
+    from ftune.folders import checkpoints, is_complete
+
+    if (run / TRAINER_STATE).is_file():
+        return run / TRAINER_STATE
+    saved = [c for c in checkpoints(run) if is_complete(c) and (c / TRAINER_STATE).is_file()]
+    return saved[-1] / TRAINER_STATE if saved else run / TRAINER_STATE
 
 
 def curves(path: Path) -> dict[str, Any]:
