@@ -399,6 +399,7 @@ def test_the_api_key_guards_every_request(board_runs):
     with TestClient(create_app([board_runs], api_key="sesame")) as guarded:
         assert_error(guarded.get("/api/runs"), 401, "invalid_api_key")
         assert_error(guarded.get("/api/runs", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+        assert_error(guarded.get("/api/runs", headers={"Authorization": "sesame"}), 401, "invalid_api_key")
         assert guarded.get("/api/runs", headers={"Authorization": "Bearer sesame"}).status_code == 200
         assert guarded.get("/api/runs", params={"key": "sesame"}).status_code == 200   # sets the cookie
         assert guarded.get("/api/runs/classify-a").status_code == 200                  # ... which the next carries

@@ -83,7 +83,8 @@ class KeyCheck:
         from starlette.requests import Request
 
         request = Request(scope)
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        header = request.headers.get("authorization", "")
+        given = header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
         from_query = request.query_params.get("key")
         candidates = [given, from_query or "", request.cookies.get(KEY_COOKIE, "")]
         if not any(c and hmac.compare_digest(c.encode(), self.api_key.encode()) for c in candidates):
