@@ -5,8 +5,8 @@ filters; a confusion-matrix cell (clicked, or chosen from the keyboard) lists ex
 eval_predictions.jsonl with that reference and prediction; the fixed/broken counts and rows of two runs equal a
 computation from their two files; an evaluation shows its own figures and rows; the sweep page lists its trials;
 "Try it" answers what `ftune predict` prints; a run deleted while its page is open shows the board's message; with
-an API key the pages work once opened with `?key=`; an empty folder says how to make a run. Screenshots of every
-page go to the test's folder and to /tmp/board-shots/.
+an API key the pages work once opened with `?key=`; an empty folder says how to make a run, and shows the first
+one made without a reload. Screenshots of every page go to the test's folder and to /tmp/board-shots/.
 
 Marked `browser` (left out of the default run; .ci/run runs them); they skip where playwright or Chromium is missing.
 """
@@ -270,7 +270,7 @@ def test_with_an_api_key_the_pages_work_once_opened_with_it(runs_root, browser, 
         server.stop()
 
 
-def test_an_empty_folder_says_how_to_make_a_run(tmp_path, browser, shots):
+def test_an_empty_folder_says_how_to_make_a_run_and_shows_the_first_one_made(tmp_path, runs_root, browser, shots):
     server = Board(tmp_path)
     try:
         tab = Tab(browser, server.url, shots)
@@ -279,6 +279,9 @@ def test_an_empty_folder_says_how_to_make_a_run(tmp_path, browser, shots):
         assert "ftune classify" in page.locator("#empty-state").inner_text()
         assert page.locator("#runs-section").is_hidden()
         tab.shot("runs-empty")
+        shutil.copytree(runs_root / "classify-a", tmp_path / "first")   # a run appears: the page shows it unasked
+        page.wait_for_selector("#runs-table input[data-run-id='first']")
+        assert page.locator("#empty-state").is_hidden()
         assert tab.errors == []
     finally:
         server.stop()

@@ -108,7 +108,8 @@
     const epochs = curves && curves.epochs;
     // The training loss as logged every few steps (not train_loss, the run's mean written once at the end).
     const losses = [...(train.loss ? [trace("training loss", train.loss, epochs)] : []),
-                    ...Object.entries(evals).filter(([n]) => /loss/.test(n)).map(([n, p]) => trace(n, p, epochs, "dot"))];
+                    ...Object.entries(evals).filter(([n]) => /loss/.test(n))
+                      .map(([n, p]) => trace(`held-out ${metricName(n)}`, p, epochs, "dot"))];
     const scores = Object.entries(evals).filter(([n]) => !/loss|runtime|per_second|samples|windows|total|words|tokens|blocks/.test(n))
       .map(([n, p]) => trace(n, p, epochs));
     const card = document.getElementById("curves-card");

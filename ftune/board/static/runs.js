@@ -92,7 +92,8 @@
   function show(data) {
     const empty = data.runs.length === 0 && data.sweeps.length === 0;
     fill(document.getElementById("empty-folders"), data.folders.join(", "));
-    if (data.how_to_start) fill(document.getElementById("how-to-start"), data.how_to_start);
+    fill(document.getElementById("first-command"),
+         `ftune classify --data reviews.csv --output-dir ${data.folders[0].replace(/\/+$/, "")}/reviews`);
     document.getElementById("empty-state").hidden = !empty;
     document.getElementById("runs-section").hidden = data.runs.length === 0;
     const counts = [`${data.runs.length} run${data.runs.length === 1 ? "" : "s"}`];
