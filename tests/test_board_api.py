@@ -372,6 +372,12 @@ def test_an_empty_folder_says_how_to_make_a_run(tmp_path):
     with TestClient(create_app([tmp_path])) as empty:
         listing = get(empty, "/api/runs")
     assert listing["runs"] == [] and "--output-dir" in listing["how_to_start"]
+    board = Board("--port", "0", cwd=tmp_path)   # the default runs/ need not exist yet
+    try:
+        listing = httpx.get(board.url + "/api/runs", timeout=60).json()
+        assert listing["folders"] == ["runs"] and "--output-dir runs/first-run" in listing["how_to_start"]
+    finally:
+        assert board.stop() == 0
 
 
 def test_the_board_writes_nothing_into_the_runs(client, board_runs):
@@ -445,10 +451,10 @@ def test_try_answers_as_ftune_predict(client, board_runs):
 class Board:
     """`ftune board ARGS` in a subprocess; `url` from its ready line."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, cwd: Path = ROOT):
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen([sys.executable, "-m", "ftune", "board", *map(str, args)],
-                                        stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=str(ROOT))
+                                        stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=str(cwd))
         self.ready_line = self.process.stdout.readline()
         found = READY.search(self.ready_line)
         self.stderr.seek(0)

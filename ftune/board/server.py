@@ -113,12 +113,16 @@ def _with_cookie(send, key: str):
     return sending
 
 
-def check_options(folders: list[Path], host: str, port: int, api_key: Optional[str]) -> None:
-    """UsageError naming every problem with `ftune board`'s options at once."""
+DEFAULT_FOLDER = Path("runs")
+
+
+def check_options(folders: Optional[list[Path]], host: str, port: int, api_key: Optional[str]) -> list[Path]:
+    """The folders to show (default runs/, which may not exist yet: the page then says how to make a run there);
+    UsageError naming every problem with `ftune board`'s options at once."""
     problems = []
-    for folder in folders:
+    for folder in folders or []:
         if not folder.is_dir():
-            problems.append(f"{folder} is not a folder (pass the folders that hold your runs; default runs/)")
+            problems.append(f"{folder} is not a folder; pass the folders that hold your runs (default runs/)")
     if not 0 <= port <= 65535:
         problems.append(f"--port {port}: must be 0 (a free port) to 65535")
     if api_key is not None and not api_key.strip():
@@ -128,15 +132,17 @@ def check_options(folders: list[Path], host: str, port: int, api_key: Optional[s
                         "KEY (or set FTUNE_API_KEY), or bind 127.0.0.1")
     if problems:
         raise UsageError("; ".join(problems))
+    return list(folders or [DEFAULT_FOLDER])
 
 
-def serve_board(folders: list[Path], *, host: str, port: int, api_key: Optional[str]) -> None:
-    """Serve the board until SIGTERM or Ctrl-C; one line on stdout when it is ready, with its URL."""
+def serve_board(folders: Optional[list[Path]], *, host: str, port: int, api_key: Optional[str]) -> None:
+    """Serve the board over `folders` (None: runs/) until SIGTERM or Ctrl-C; one line on stdout when it is ready, with
+    its URL."""
     import contextlib
 
     from ftune.serve.server import bind, serve_app
 
-    check_options(folders, host, port, api_key)
+    folders = check_options(folders, host, port, api_key)
     sock = bind(host, port)
     with contextlib.closing(sock):
         app = create_app(folders, api_key=api_key)

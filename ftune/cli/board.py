@@ -12,7 +12,7 @@ from ftune.cli.common import Debug
 
 def board_command(
     folders: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="DIR", show_default=False, help="Folders of runs and sweeps (default: runs/).")] = None,
+        metavar="DIR", show_default=False, help="Folders of runs and sweeps (default: runs/, shown even before it exists).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; any but 127.0.0.1, localhost or ::1 needs "
                                       "--api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0: a free one, printed when ready).")] = 8080,
@@ -33,4 +33,4 @@ def board_command(
     except ImportError as exc:
         raise UsageError(f"ftune board needs the serve extra ({exc.name} is missing): pip install 'ftune[serve]'"
                          ) from None
-    serve_board(list(folders or [Path("runs")]), host=host, port=port, api_key=api_key)
+    serve_board(folders or None, host=host, port=port, api_key=api_key)
