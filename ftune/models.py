@@ -108,12 +108,7 @@ class ModelSource:
 
     def context_length(self, default: int = 1024) -> int:
         """The longest input the model's positions allow (its config's position limit)."""
-        config = self.load_config()
-        for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
-            value = getattr(config, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return default
+        return context_of(self.load_config(), default)
 
     def load_tokenizer(self):
         """The model's tokenizer (fast when one exists), with a pad token so batches can be padded."""
@@ -166,6 +161,15 @@ class ModelSource:
             raise
         except OSError as exc:
             raise UsageError(f"cannot load model {self.name}: {_first_line(exc)}") from None
+
+
+def context_of(config, default: int = 1024) -> int:
+    """The longest input a model configuration's positions allow, or `default` when it names none."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
 
 
 def require_causal_lm(config, where: str) -> None:

@@ -216,8 +216,13 @@ class DPOTask(Task):
     def collator(self, config, tokenizer, model, pad_to_multiple_of):
         from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-        # TRL's: chosen rows, then rejected rows, each prompt + answer cut at --max-length (the answer's end).
-        return DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length,
+        # TRL's: chosen rows, then rejected rows, each prompt + answer cut at --max-length (the answer's end), and at
+        # the model's context where that is shorter (as prepare_state caps the prompts' check).
+        from ftune.models import context_of
+
+        return DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id,
+                                         max_length=min(config.max_length,
+                                                        context_of(model.config, default=config.max_length)),
                                          pad_to_multiple_of=pad_to_multiple_of)
 
     def trainer_class(self):
