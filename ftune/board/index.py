@@ -1,4 +1,5 @@
-"""What `ftune board` shows: the runs, sweeps and evaluations under its folders, found anew on every look.
+"""What `ftune board` shows: the runs, sweeps and evaluations under its folders, found anew on every look (a run's
+summary is read again when its files change; its status every time).
 
 Runs are found and summarised by `ftune runs`' own code (ftune.runs: `find_runs`, `read_run`, `run_status`); this
 module adds what the board needs beyond the table: an id per run that is safe in a URL, the run's evaluations
