@@ -249,6 +249,11 @@ def test_ftune_generate_and_runs_take_a_dpo_run(full_run, lora_run, tmp_path):
         result = invoke("generate", "--model", run, "--prompt", "repeat city:", "--max-new-tokens", "4")
         assert result.exit_code == 0, result
         assert result.stdout.strip()
+    from ftune.serve import ServeOptions
+    from ftune.serve.vllm import vllm_command
+
+    command = vllm_command(ServeOptions(source=str(full_run), port=8123, engine="vllm"))
+    assert command[:3] == ["vllm", "serve", str(full_run.resolve())]
     result = invoke("runs", full_run.parent)
     assert result.exit_code == 0, result
     assert "dpo" in result.stdout and "rewards_accuracy" in result.stdout
@@ -348,6 +353,12 @@ def test_a_lora_sft_run_is_the_reference_of_the_dpo_run_it_starts(tiny_gpt2, dat
     assert read_json(run / "eval_results.json") == recorded
     generated = invoke("generate", "--model", run, "--prompt", "repeat city:", "--max-new-tokens", "3")
     assert generated.exit_code == 0, generated
+    from ftune.errors import UsageError
+    from ftune.serve import ServeOptions
+    from ftune.serve.vllm import vllm_command
+
+    with pytest.raises(UsageError, match="ftune merge"):  # vLLM cannot stack the DPO adapter on the SFT adapter
+        vllm_command(ServeOptions(source=str(run), port=8123, engine="vllm"))
 
 
 @pytest.mark.numerics

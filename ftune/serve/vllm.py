@@ -53,9 +53,12 @@ def vllm_command(options) -> list[str]:
         from ftune.rundir import open_run
 
         run = open_run(path)
-        if run.task.name != "lm":
-            raise UsageError(f"--engine vllm serves lm runs (causal language models); {path} is a {run.task.name} "
+        if run.task.model_class != "AutoModelForCausalLM":
+            raise UsageError(f"--engine vllm serves causal-LM runs; {path} is a {run.task.name} "
                              "run: serve it with ftune's own engine (drop --engine)")
+        if run.is_lora and (Path(run.config.model).expanduser() / "adapter_config.json").is_file():
+            raise UsageError(f"{path} is an adapter over {run.config.model}, itself an adapter, which vLLM cannot "
+                             f"stack: make one model with `ftune merge {path} --output-dir MERGED` and serve MERGED")
         if run.is_lora:
             model = run.config.model
             extra = ["--enable-lora", "--lora-modules", f"{name}={path.resolve()}",
