@@ -303,8 +303,13 @@ def test_a_dpo_run_merges_and_exports_as_gguf_like_an_lm_run(lora_run, tmp_path)
 
 def test_lora_run_saves_one_adapter_and_rescores_alike(lora_run, tmp_path):
     """The reference is the adapter disabled: no copy of the adapter is saved, and a reload scores alike."""
+    from safetensors.torch import load_file
+
     config = json.loads((lora_run / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and not (lora_run / "ref").exists()
+    weights = load_file(lora_run / "adapter_model.safetensors")
+    assert not any(".ref." in name for name in weights)
+    assert any("lora_B" in name and weights[name].abs().max() > 0 for name in weights)  # trained from B = 0
     copy = tmp_path / "copy"
     shutil.copytree(lora_run, copy)
     recorded = read_json(copy / "eval_results.json")
