@@ -396,6 +396,13 @@ def test_compare_counts_equal_the_two_files(tab, runs_root):
         if which == "fixed":
             tab.shot("compare-fixed")
         page.locator(f".count[data-which='{which}']").click()   # closes the list
+
+    # Runs scored on other rows: the page says so and compares their metrics only.
+    page = tab.open("/compare?a=classify-a&b=ner")
+    page.wait_for_selector("#compare-content:not([hidden])")
+    assert "The splits differ" in page.locator("#splits-differ").inner_text()
+    assert page.locator("#counts-card").is_hidden() and page.locator("#cmp-metrics tbody tr").count() > 0
+    tab.shot("compare-splits-differ")
     assert tab.errors == []
 
 

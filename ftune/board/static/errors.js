@@ -11,8 +11,12 @@
   const base = `/api/runs/${idPath(runId)}`;
   const form = document.getElementById("filters");
   const FILTERS = ["wrong", "reference", "prediction", "q", "min_length", "max_length", "sort", "order"];
-  // Wrong rows in the held-out order (sort=id: the order of eval_predictions.jsonl).
+  // Wrong rows in the held-out order (sort=id: the order of eval_predictions.jsonl); where a row's own figure says
+  // how bad it is, the worst first: lm the highest loss, summarize and translate the lowest ROUGE-L or chrF.
   const DEFAULTS = {wrong: "true", sort: "id", order: "asc"};
+  const TASK_DEFAULTS = {lm: {sort: "loss", order: "desc"}, summarize: {sort: "score", order: "asc"},
+                         translate: {sort: "score", order: "asc"}};
+  let defaults = DEFAULTS;
   const params = new URLSearchParams(window.location.search);
   const evalName = params.get("eval") || "";
   let offset = parseInt(params.get("offset") || "0", 10) || 0;
@@ -44,7 +48,7 @@
   }
 
   function initialFilters() {
-    const values = {...DEFAULTS};
+    const values = {...defaults};
     for (const name of FILTERS) if (params.has(name)) values[name] = params.get(name);
     if (values.wrong === "all") values.wrong = "";
     return values;
@@ -256,13 +260,14 @@
   }
 
   async function start() {
-    writeForm(initialFilters());
     fill(document.getElementById("crumb-run"), runId);
     document.getElementById("crumb-run").href = `/runs/${idPath(runId)}${query({eval: evalName})}`;
     try {
       const data = await api(`${base}${query({eval: evalName})}`);
       fill(document.getElementById("run-name"), `· ${data.run.name}${evalName ? ` · evaluation ${evalName}` : ""}`);
       document.title = `Errors · ${data.run.name} · ftune board`;
+      defaults = {...DEFAULTS, ...(TASK_DEFAULTS[data.run.task] || {})};
+      writeForm(initialFilters());
       const details = data.details || {};
       matrix = details.confusion_matrix || null;
       // classify: the labels; ner: the entity types (a sentence with a gold or predicted entity of that type).
@@ -277,6 +282,7 @@
         document.getElementById(`${name}-choice`).hidden = labels.length === 0;
       }
     } catch (exc) {
+      writeForm(initialFilters());
       board.showError(exc.message);
       return;
     }
@@ -289,7 +295,7 @@
     clearTimeout(typing);
     typing = setTimeout(load, event.target.type === "search" || event.target.type === "number" ? 250 : 0);
   });
-  form.addEventListener("reset", () => setTimeout(() => { writeForm(DEFAULTS); offset = 0; load(); }));
+  form.addEventListener("reset", () => setTimeout(() => { writeForm(defaults); offset = 0; load(); }));
   document.getElementById("prev-page").addEventListener("click", () => { offset = Math.max(0, offset - LIMIT); load(); });
   document.getElementById("next-page").addEventListener("click", () => { offset += LIMIT; load(); });
   document.getElementById("confident-wrong").addEventListener("click", () => {
