@@ -128,8 +128,8 @@
     const notice = document.getElementById("splits-differ");
     notice.hidden = data.same_rows;
     if (!data.same_rows) {
-      fill(notice, el("strong", {}, "The splits differ: "), data.why || "the two runs were not scored on the same rows",
-           ". Only their metrics are compared.");
+      fill(notice, el("strong", {}, "The splits differ: "),
+           data.why || "the two runs were not scored on the same rows; only their metrics compare");
     }
     document.getElementById("counts-card").hidden = !data.same_rows || !data.counts;
     if (data.counts) showCounts(data.counts);
