@@ -162,6 +162,36 @@ def test_loss_equals_trls_dpo_trainer_for_every_loss_type(full_run, tiny_gpt2, t
     assert not differences
 
 
+def test_training_steps_equal_trls_dpo_trainer(tiny_gpt2, tmp_path):
+    """ftune dpo and TRL's DPOTrainer (used directly, same model, pairs and settings) train alike: the loss and
+    reward margin logged at the second step (after one update of the same batch: all the training pairs) agree."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    rows = repeat_pairs(24, seed=3)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows[:16])
+    write_jsonl(folder / "validation.jsonl", rows[16:])
+    run = dpo(tmp_path / "run", "--model", tiny_gpt2, "--data", folder, "--max-steps", "2", "--batch-size", "16",
+              "--lr", "1e-3", "--beta", "0.2", "--max-length", "64", "--logging-steps", "1", "--precision", "fp32")
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=16, max_steps=2,
+                     learning_rate=1e-3, beta=0.2, max_length=64, optim="adamw_torch_fused", logging_steps=1,
+                     save_strategy="no", report_to="none", use_cpu=True, bf16=False, activation_checkpointing=False)
+    pairs = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows[:16]])
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_gpt2),
+                         ref_model=AutoModelForCausalLM.from_pretrained(tiny_gpt2), args=args,
+                         train_dataset=pairs, processing_class=AutoTokenizer.from_pretrained(tiny_gpt2))
+    trainer.train()
+    theirs = [e for e in trainer.state.log_history if "loss" in e]
+    ours = [e for e in read_json(run / "trainer_state.json")["log_history"] if "loss" in e]
+    assert [e["step"] for e in ours] == [e["step"] for e in theirs] == [1, 2]
+    assert ours[1]["loss"] == pytest.approx(theirs[1]["loss"], rel=1e-5)
+    assert ours[1]["loss"] < math.log(2) - 0.01  # the update moved the policy: the comparison is not trivial
+    assert ours[1]["rewards_margin"] == pytest.approx(theirs[1]["rewards/margins"], rel=1e-4, abs=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # A full run: its files and per-pair figures
 
