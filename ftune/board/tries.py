@@ -8,6 +8,7 @@ generates text (lm), serve's completions code: `{"prompt": "...", "max_tokens": 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -51,7 +52,8 @@ class Tries:
         return service
 
     async def answer(self, found: BoardRun, body: Any) -> dict[str, Any]:
-        return await self.service(found).predict(body)
+        service = await asyncio.to_thread(self.service, found)   # a first try loads the model off the event loop
+        return await service.predict(body)
 
     def close(self) -> None:
         with self._lock:
