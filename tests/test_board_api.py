@@ -445,6 +445,20 @@ def test_try_answers_as_ftune_predict(client, board_runs):
     assert_error(client.post("/api/runs/classify-b/try", json={"inputs": []}), 422, "missing_inputs")
 
 
+def test_a_run_without_its_weights_says_it_cannot_be_tried_and_the_board_stays_up(board_runs, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from ftune.board.server import create_app
+
+    shutil.copytree(board_runs / "classify-a", tmp_path / "runs" / "no-weights")
+    (tmp_path / "runs" / "no-weights" / "model.safetensors").unlink()   # as a sweep trial that kept no weights
+    with TestClient(create_app([tmp_path / "runs"])) as board:
+        for response in (board.get("/api/runs/no-weights/inputs"),
+                         board.post("/api/runs/no-weights/try", json={"inputs": ["good dog"]})):
+            assert "model.safetensors" in assert_error(response, 409, "cannot_try")
+        assert board.get("/api/runs/no-weights").status_code == 200   # its page still shows what it recorded
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 

@@ -34,6 +34,16 @@ class Tries:
             return self._services[key]
 
     def _load(self, found: BoardRun):
+        """The run's service; a run whose model cannot be loaded (a sweep trial that kept no weights, a damaged
+        run) is a 409 carrying ftune's one line about it."""
+        from ftune.errors import RunFailed, UsageError
+
+        try:
+            return self._open_service(found)
+        except (UsageError, RunFailed) as exc:
+            raise BoardError(409, f"this run cannot be tried: {exc}", "cannot_try") from None
+
+    def _open_service(self, found: BoardRun):
         from ftune.serve.batching import Batcher
 
         run = found.open()

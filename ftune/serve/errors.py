@@ -7,7 +7,8 @@ from typing import Optional
 
 # The `type` of an error object, by HTTP status, as OpenAI's API names them.
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+               422: "invalid_request_error",
                503: "overloaded_error"}
 
 
