@@ -68,11 +68,14 @@ def _warn(what: str, exc: Exception) -> None:
 # The pictures
 
 
-def learning_curves_picture(log_history: list[dict], metric: str, greater_is_better: bool) -> Picture:
-    """Training and held-out loss, and the held-out `metric`, against the optimizer step."""
-    caption = "Learning curves: training and held-out loss" + (f", held-out {metric}" if metric != "loss" else "")
+def learning_curves_picture(log_history: list[dict], metric: str, greater_is_better: bool,
+                            also: Sequence[str] = ()) -> Picture:
+    """Training and held-out loss, the held-out `metric`, and the further metrics `also` (a task's `curve_metrics`),
+    against the optimizer step."""
+    shown = [name for name in (metric, *also) if name != "loss"]
+    caption = "Learning curves: training and held-out loss" + "".join(f", held-out {name}" for name in shown)
     return Picture(LEARNING_CURVES, caption,
-                   functools.partial(learning_curves_figure, log_history, metric, greater_is_better))
+                   functools.partial(learning_curves_figure, log_history, metric, greater_is_better, also))
 
 
 def confusion_matrix_picture(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> Picture:
@@ -103,16 +106,18 @@ def histogram_picture(file: str, caption: str, values: Sequence[float], quantity
 # Drawing: data in, a Figure out
 
 
-def learning_curves_figure(log_history: list[dict], metric: str, greater_is_better: bool):
-    """Two panels: the training and held-out loss, then the held-out `metric` (with its training-batch values when the
-    log history has them under the same name), its best value marked (the model ftune keeps). With `metric` "loss" the loss panel alone, the best held-out loss marked. Raises ValueError when there
-    is nothing to draw."""
+def learning_curves_figure(log_history: list[dict], metric: str, greater_is_better: bool, also: Sequence[str] = ()):
+    """The training and held-out loss; then a panel for the held-out `metric`, its best value marked (the model ftune
+    keeps), and one for each metric in `also` the log history holds — each with its training-batch values when the
+    log history has them under the same name. With `metric` "loss" the best held-out loss is marked in the loss
+    panel. Raises ValueError when there is nothing to draw."""
     train = _series(log_history, "loss")
     held_out = _series(log_history, "eval_loss")
-    scores = _series(log_history, f"eval_{metric}") if metric != "loss" else ([], [])
     if not train[0] and not held_out[0]:
         raise ValueError("the log history holds no loss")
-    panels = 2 if scores[0] else 1
+    further = [(name, name == metric) for name in dict.fromkeys((metric, *also)) if name != "loss"]
+    further = [(name, best) for name, best in further if _series(log_history, f"eval_{name}")[0]]
+    panels = 1 + len(further)
     figure = _figure(width=5.2 * panels + 0.6, height=4.2)
     axes = figure.subplots(1, panels, squeeze=False)[0]
 
@@ -125,15 +130,16 @@ def learning_curves_figure(log_history: list[dict], metric: str, greater_is_bett
             _mark_best(loss, held_out, greater_is_better)
     _label(loss, "Loss", "loss")
 
-    if scores[0]:
-        panel = axes[1]
-        trained = _series(log_history, metric)  # the same figure on the training batches, where the Trainer logs it
+    for panel, (name, best) in zip(axes[1:], further):
+        trained = _series(log_history, name)  # the same figure on the training batches, where the Trainer logs it
         if trained[0]:
             panel.plot(*trained, color="tab:blue", marker="." if len(trained[0]) < 40 else None,
-                       label=f"training {metric}")
-        panel.plot(*scores, color="tab:green", marker="o", label=f"held-out {metric}")
-        _mark_best(panel, scores, greater_is_better)
-        _label(panel, f"Held-out {metric}", metric)
+                       label=f"training {name}")
+        scores = _series(log_history, f"eval_{name}")
+        panel.plot(*scores, color="tab:green", marker="o", label=f"held-out {name}")
+        if best:
+            _mark_best(panel, scores, greater_is_better)
+        _label(panel, f"Held-out {name}", name)
 
     epochs_per_step = _epochs_per_step(log_history)
     for panel in axes:

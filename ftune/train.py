@@ -288,7 +288,8 @@ def _score_and_write(task, config: TrainConfig, run: RunDir, target: Path, train
             train_metrics["train_loss"] = whole_run
         train_metrics.update({"train_samples": len(split.train), "effective_batch_size": effective,
                               "world_size": world, "wall_seconds": round(time.time() - started, 1)})
-        pictures = draw_pictures(run, [learning_curves_picture(trainer.state.log_history, *task.best_metric(config)),
+        pictures = draw_pictures(run, [learning_curves_picture(trainer.state.log_history, *task.best_metric(config),
+                                                               also=task.curve_metrics),
                                        *task_pictures(task, config, state, evaluation)])
         run.write_model_card(model_card(target, task, config, state, split.record, evaluation.metrics, pictures))
         run.remove_checkpoints()

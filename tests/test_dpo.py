@@ -298,12 +298,13 @@ def test_pictures_show_the_margins_and_the_training_and_held_out_reward_accuracy
     share = sum(m > 0 for m in margins) / len(margins)
     assert [t.get_text() for t in axes.get_legend().get_texts()] == [f"{share:.1%} of the rows above 0"]
     history = read_json(full_run / "trainer_state.json")["log_history"]
-    figure = learning_curves_figure(history, "rewards_accuracy", True)
-    (panel,) = [a for a in figure.axes if a.get_title() == "Held-out rewards_accuracy"]
-    lines = {line.get_label(): list(line.get_ydata()) for line in panel.get_lines()}
-    assert lines["training rewards_accuracy"] == [e["rewards_accuracy"] for e in history if "rewards_accuracy" in e]
-    assert lines["held-out rewards_accuracy"] == [e["eval_rewards_accuracy"] for e in history
-                                                  if "eval_rewards_accuracy" in e]
+    figure = learning_curves_figure(history, "rewards_accuracy", True, also=("rewards_margin",))
+    for name in ("rewards_accuracy", "rewards_margin"):   # the main metric, and the task's curve_metrics
+        (panel,) = [a for a in figure.axes if a.get_title() == f"Held-out {name}"]
+        lines = {line.get_label(): list(line.get_ydata()) for line in panel.get_lines()}
+        assert lines[f"training {name}"] == [e[name] for e in history if name in e]
+        assert lines[f"held-out {name}"] == [e[f"eval_{name}"] for e in history if f"eval_{name}" in e]
+    assert "held-out rewards_accuracy, held-out rewards_margin" in (full_run / "README.md").read_text()  # the caption
 
 
 def test_a_dpo_run_merges_and_exports_as_gguf_like_an_lm_run(lora_run, tmp_path):

@@ -77,6 +77,7 @@ class Task:
     main_metric: str                    # the metric that picks the best checkpoint (without "eval_")
     greater_is_better: bool = True
     reported_metrics: tuple[str, ...] = ()  # what `metrics` reports (without "eval_"), e.g. for `ftune sweep --metric`
+    curve_metrics: tuple[str, ...] = ()     # further held-out metrics learning_curves.png draws (without "eval_")
     generates_text: bool = False        # `ftune generate` serves its runs
     metric_module: Optional[str] = None  # the ftune.metrics module `metrics` scores with, if any
     predict_inputs: tuple[PredictInput, ...] = ()

@@ -100,6 +100,7 @@ class DPOTask(Task):
     peft_model_class = "AutoPeftModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     main_metric = "rewards_accuracy"
+    curve_metrics = ("rewards_margin",)
     greater_is_better = True
     reported_metrics = ("loss", "rewards_accuracy", "rewards_margin", "rewards_chosen", "rewards_rejected",
                         "logps_chosen", "logps_rejected")
