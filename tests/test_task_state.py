@@ -26,6 +26,8 @@ SAVED = {
                   "source_limit": 256, "layout": "columns", "source_lang": "eng_Latn", "target_lang": "fra_Latn",
                   "tokenizer_languages": {"src_lang": "eng_Latn", "tgt_lang": "fra_Latn"},
                   "generation": {"forced_bos_token_id": 357}},
+    "dpo": {"columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "chat": False, "context": 256,
+            "max_length": 64},
 }
 
 
