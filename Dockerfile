@@ -10,7 +10,8 @@ COPY pyproject.toml README.md ./
 COPY ftune ./ftune
 COPY recipes ./recipes
 # The image's CUDA torch satisfies the torch range, so pip keeps it; the extras add 4-bit QLoRA, ftune serve and board,
-# ftune export (GGUF, ONNX) and ftune dpo (TRL). Serving: docker run -p 8000:8000 ... ftune serve RUN --host 0.0.0.0 --api-key KEY
+# ftune export (GGUF, ONNX) and ftune dpo (TRL).
+# Serving: docker run -p 8000:8000 ... ftune serve RUN --host 0.0.0.0 --api-key KEY
 RUN pip install ".[qlora,gguf,serve,onnx,dpo]"
 
 # Run as an unprivileged user; models, datasets and the Hub cache live on a volume that outlives containers.
