@@ -87,6 +87,7 @@ class Predictor:
         self.task = run.task
         self.engine = open_engine(run, batch_size=batch_size)
         self._scorers: dict[str, Any] = {}     # one per configuration: predict settings change the decoding
+        self._by_object: dict[int, tuple] = {}  # id(config) -> (config, its scorer): no dump of the options a call
 
     @property
     def tokenizer(self):
@@ -100,6 +101,7 @@ class Predictor:
 
     def close(self) -> None:
         self._scorers.clear()
+        self._by_object.clear()
         self.engine.close()
 
     def check_inputs(self, rows: list[dict], names: list[str], config=None) -> None:
@@ -110,10 +112,18 @@ class Predictor:
         """Each row with the task's prediction fields added; `config`: the run's with predict settings over it
         (`predict_config`), by default the run's own."""
         config = config or self.run.config
-        key = dumped_json(config.to_dict())
-        if key not in self._scorers:
-            self._scorers[key] = self.engine.scorer(config, phase="predicting")
-        return self.task.predict(config, self._scorers[key], self.tokenizer, self.run.state, rows, names)
+        return self.task.predict(config, self._scorer(config), self.tokenizer, self.run.state, rows, names)
+
+    def _scorer(self, config):
+        """The scorer of `config`, shared by equal configurations; found by the object itself when it comes again
+        (the run's own, or one a server keeps per settings), without dumping its options."""
+        known = self._by_object.get(id(config))
+        if known is None or known[0] is not config:
+            key = dumped_json(config.to_dict())
+            if key not in self._scorers:
+                self._scorers[key] = self.engine.scorer(config, phase="predicting")
+            known = self._by_object[id(config)] = (config, self._scorers[key])
+        return known[1]
 
 
 def read_input_file(path: Path) -> tuple[list[dict], list[str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -261,6 +262,97 @@ def test_predictions_come_from_the_forward_pass_as_from_the_trainer(name, runs):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
         answers = [task.predict(config, s, engine.tokenizer, state, rows, names) for s in (scorer, trainer)]
     assert_same_answers(answers[0], answers[1], name, tolerance=1e-6)
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_rows_in_memory_answer_as_a_dataset_of_them_and_alone_as_in_a_batch(name, runs):
+    """The predict path keeps a call's rows and features in memory (ftune.data.InMemoryRows): the task's `features` and
+    `decode` read them as they read a Dataset (the evaluate path's), so the answers equal those of the same rows made
+    a Dataset; and every row sent alone answers as it does in a batch of rows of other lengths."""
+    import datasets
+
+    from ftune.data import InMemoryRows
+    from ftune.engines import TransformersEngine
+    from ftune.rundir import open_run
+    from ftune.tasks.base import restore_order
+
+    run = open_run(runs[name])
+    task, config, state = run.task, run.config, run.state
+    rows, names = ROWS[name], [f"row {i}" for i in range(len(ROWS[name]))]
+    with TransformersEngine(run, batch_size=3) as engine:
+        scorer, tokenizer = engine.scorer(config, phase="predicting"), engine.tokenizer
+        in_memory = task.features(config, tokenizer, InMemoryRows.from_list(rows), state, purpose="predict")
+        assert isinstance(in_memory, InMemoryRows) or task.name == "translate"  # translate makes a Dataset itself
+        answers = task.predict(config, scorer, tokenizer, state, rows, names)
+        dataset = datasets.Dataset.from_list(rows)
+        features = task.features(config, tokenizer, dataset, state, purpose="predict")
+        inputs, order = task.scoring_inputs(features)
+        outputs = task.decode(config, tokenizer, state, dataset, features,
+                              restore_order(scorer.predict(inputs).predictions, order))
+        alone = [task.predict(config, scorer, tokenizer, state, [row], [n])[0] for row, n in zip(rows, names)]
+    assert_same_answers(answers, [{**row, **task.prediction_fields(out)} for row, out in zip(rows, outputs)], name)
+    assert_same_answers(alone, answers, f"{name} alone")
+
+
+def test_the_first_token_last_layer_predicts_as_the_whole_layer(runs, monkeypatch):
+    """On a CPU a BERT classifier's forward pass in prediction computes its last layer for the first token only
+    (ftune.cpu.scoring_speedups): the logits are the whole layer's within 1e-6, and the model is its own again
+    afterwards; FTUNE_CPU_SPEEDUPS=0 turns it off."""
+    import datasets
+    import numpy as np
+
+    from ftune.cpu import first_token
+    from ftune.engines import TransformersEngine
+    from ftune.rundir import open_run
+
+    applied = []
+    own = first_token.first_token_last_layer
+    monkeypatch.setattr(first_token, "first_token_last_layer", lambda model: applied.append(own(model)) or applied[-1])
+    run = open_run(runs["classify"])
+    task, config, state = run.task, run.config, run.state
+    with TransformersEngine(run, batch_size=4) as engine:
+        features = task.features(config, engine.tokenizer, datasets.Dataset.from_list(ROWS["classify"]), state,
+                                 purpose="predict")
+        inputs, _ = task.scoring_inputs(features)
+        scorer = engine.scorer(config, phase="predicting")
+        fast = scorer.predict(inputs).predictions
+        assert applied == [True]
+        assert not any("forward" in module.__dict__ for module in engine.model.modules())   # undone
+        monkeypatch.setenv("FTUNE_CPU_SPEEDUPS", "0")
+        whole = scorer.predict(inputs).predictions
+        assert applied == [True]
+    np.testing.assert_allclose(fast, whole, rtol=0, atol=1e-6)
+
+
+def test_an_onnx_export_is_served_by_onnxruntime_within_its_tolerance(runs, references, tmp_path):
+    """`ftune serve EXPORT` answers as `ftune predict EXPORT` does (onnxruntime both), and an fp32 export as the run
+    does within the export's verified tolerance (logits within 1e-4: probabilities within 2.1e-4, the label the same
+    wherever the run's is not that close to a tie); an int8 export answers as the quantised model does."""
+    from ftune.export.onnx import LOGITS_TOLERANCE
+
+    probability_tolerance = math.expm1(2 * LOGITS_TOLERANCE) * 1.05
+    rows = ROWS["classify"]
+    for quantization in ("fp32", "int8"):
+        folder = tmp_path / quantization
+        exported = invoke("export", runs["classify"], "--format", "onnx", "--quantize", quantization,
+                          "--output-dir", folder)
+        assert exported.exit_code == 0, exported
+        predicted = invoke("predict", folder, "--input", write_rows(tmp_path / "in.jsonl", rows), "--output",
+                           tmp_path / f"{quantization}.jsonl")
+        assert predicted.exit_code == 0, predicted
+        server = Server(folder).wait_ready()
+        try:
+            served = post(server, "/v1/predict", {"inputs": rows}).json()["predictions"]
+            alone = post(server, "/v1/predict", {"inputs": rows[:1]}).json()["predictions"]
+        finally:
+            assert server.stop() == 0, server.read_stderr()
+        assert_same_answers(served, read_jsonl(tmp_path / f"{quantization}.jsonl"), quantization)
+        assert_same_answers(alone, served[:1], f"{quantization} alone")
+        if quantization == "fp32":
+            for index, (answer, expected) in enumerate(zip(served, references["classify"])):
+                assert abs(answer["score"] - expected["score"]) <= probability_tolerance, (index, answer, expected)
+                if expected["score"] - 0.5 > probability_tolerance:   # two labels: a tie is a score of 0.5
+                    assert answer["label"] == expected["label"], (index, answer, expected)
 
 
 def test_bare_strings_extra_fields_and_settings(servers, runs, references, tmp_path):

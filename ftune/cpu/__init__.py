@@ -5,14 +5,17 @@ Each is careful and tested on its own; none of the spine, the Trainers or the ta
 - `dropout.py`: dropout masks drawn in parallel from NumPy's generator, during training steps (the same
   distribution as PyTorch's dropout, other masks);
 - `attention.py`: eager attention for models that do not generate text (so their attention dropout is ftune's);
-- `first_token.py`: the last encoder layer of a BERT-family classifier computed for the first token only;
+- `first_token.py`: the last encoder layer of a BERT-family classifier computed for the first token only (in
+  training and when a run's predictions are scored by its forward pass);
 - `memory.py` and the garbage collector's settings: for the whole `ftune` process.
 
-Two entry points: `cpu_speedups(trainer, enabled)` around training applies what fits the model and the hardware and
-undoes all of it on exit, also when training raises, so the model is scored and saved as `ftune eval` loads it;
-`process_speedups(argv)` around a whole `ftune` command sets the process-wide ones. `--no-cpu-speedups` (a run's
-`cpu_speedups`, recorded in ftune.yaml: its dropout masks differ) turns them all off; the environment variable
-FTUNE_CPU_SPEEDUPS=0 makes that the default. What each gains is measured in docs/speed.md and bench/.
+Three entry points: `cpu_speedups(trainer, enabled)` around training applies what fits the model and the hardware
+and undoes all of it on exit, also when training raises, so the model is scored and saved as `ftune eval` loads it;
+`scoring_speedups(model, device)` around a forward pass that only predicts (ftune.engines.ForwardScorer: `ftune
+predict`, `ftune serve`) applies the exact one that fits, the first-token last layer; `process_speedups(argv)`
+around a whole `ftune` command sets the process-wide ones. `--no-cpu-speedups` (a run's `cpu_speedups`, recorded
+in ftune.yaml: its dropout masks differ) turns them all off; the environment variable FTUNE_CPU_SPEEDUPS=0 makes
+that the default, and turns off the one in prediction. What each gains is measured in docs/speed.md and bench/.
 
 This package imports no torch at import time: the CLI imports it.
 """
@@ -74,6 +77,22 @@ def _dropout_in_training_steps(trainer):
         yield
     finally:
         del trainer.training_step
+
+
+@contextlib.contextmanager
+def scoring_speedups(model, device):
+    """Around a forward pass that predicts: on a CPU, the first-token last layer of a BERT-family classifier (the
+    logits are the whole layer's to float rounding, so answers stay those of the model as saved); the model's own
+    layer again on exit. Off with FTUNE_CPU_SPEEDUPS=0 (prediction has no --no-cpu-speedups)."""
+    from ftune.cpu import first_token
+
+    applied = (device.type == "cpu" and enabled_by_environment() is not False
+               and first_token.first_token_last_layer(model))
+    try:
+        yield
+    finally:
+        if applied:
+            first_token.restore_last_layer(model)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The last encoder layer computed for the first token only, while a sequence classifier trains.
+"""The last encoder layer computed for the first token only, while a sequence classifier trains or predicts.
 
 A BERT-family sequence classifier (BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA) reads one vector: the last layer's
 output at the first token ([CLS] / <s>). The last layer's output at every other token is computed and thrown
@@ -9,7 +9,8 @@ MiniLM-L6 logits). The work saved is most of one layer in `layers` (docs/speed.m
 
 `restore_last_layer(model)` puts the layer's own forward back before the model is scored and saved, so the
 final figures are those `ftune eval` computes with the model as saved. `first_token_last_layer` checks for
-itself which models it fits; `ftune.cpu.cpu_speedups` applies it while a model trains on a CPU.
+itself which models it fits; `ftune.cpu.cpu_speedups` applies it while a model trains on a CPU, and
+`ftune.cpu.scoring_speedups` while its forward pass predicts there.
 """
 
 from __future__ import annotations

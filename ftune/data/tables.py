@@ -14,6 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ftune.data.memory import InMemoryRows
 from ftune.data.sources import quiet_datasets
 
 
@@ -21,7 +22,11 @@ def tokenize_rows(rows, encode: Callable, config, *, desc: str, **kwargs):
     """`rows.map(encode, batched=True)` dropping the raw columns, on `--preprocessing-workers` processes for large
     data. datasets caches the result under the rows' fingerprint and a hash of `encode` (with the values it
     holds: keep them to the tokenizer and the options that shape the features), so a rerun on the same data,
-    tokenizer and options reads the features back instead of tokenising again."""
+    tokenizer and options reads the features back instead of tokenising again. Rows held in memory
+    (`InMemoryRows`) are encoded as one batch, their features held in memory too."""
+    if isinstance(rows, InMemoryRows):
+        indices = [list(range(len(rows)))] if kwargs.get("with_indices") else []
+        return InMemoryRows(dict(encode(rows[:], *indices)))
     workers = getattr(config, "preprocessing_workers", 1) or 1
     num_proc = workers if workers > 1 and len(rows) >= 1000 * workers else None
     if not rows.cache_files and "new_fingerprint" not in kwargs:
@@ -41,7 +46,10 @@ def arrow_column(ds, column: str):
 
 def column_list(ds, column: str) -> list[Any]:
     """A column's values as a Python list, read column-wise (datasets' own `ds[column]` iterates row by row);
-    values stored encoded (e.g. a column of mixed types, kept as JSON text) are decoded as datasets would."""
+    values stored encoded (e.g. a column of mixed types, kept as JSON text) are decoded as datasets would. Rows held
+    in memory (`InMemoryRows`) give their own list."""
+    if isinstance(ds, InMemoryRows):
+        return list(ds[column])
     return ds.features.decode_column(arrow_column(ds, column).to_pylist(), column)
 
 

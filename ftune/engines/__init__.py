@@ -83,8 +83,9 @@ class ForwardScorer:
     them: its batch size, collator, input columns, device and precision, its outputs (the model's outputs but the
     loss and the keys its config ignores at inference) concatenated as the Trainer does (padded with -100 along the
     sequence). Without the Trainer's loop (dataloader, accelerate, callbacks), which costs more than a small batch's
-    forward pass; `ftune predict`, `ftune serve` and every task's predict path use it alike. `phase` names its
-    progress bar, as the Trainer's (ftune.progress)."""
+    forward pass; `ftune predict`, `ftune serve` and every task's predict path use it alike. On a CPU it takes the
+    exact speed-up of `ftune.cpu.scoring_speedups`. `phase` names its progress bar, as the Trainer's
+    (ftune.progress)."""
 
     def __init__(self, trainer, *, phase: str):
         import inspect
@@ -104,14 +105,16 @@ class ForwardScorer:
         import torch
 
         from ftune import console
+        from ftune.cpu import scoring_speedups
 
-        self.model.eval()
+        if self.model.training:
+            self.model.eval()
         rows = inputs.remove_columns([c for c in inputs.column_names if c not in self.columns]).to_list()
         outputs = None
         autocast = (torch.autocast(self.device.type, dtype=getattr(torch, self.autocast_dtype))
                     if self.autocast_dtype else contextlib.nullcontext())
         progress = console.Phase(self.phase, -(-len(rows) // self.batch_size), "batches", summary=False)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, scoring_speedups(self.model, self.device):
             for start in range(0, len(rows), self.batch_size):
                 batch = {k: v.to(self.device) if hasattr(v, "to") else v
                          for k, v in self.collator(rows[start:start + self.batch_size]).items()}
@@ -144,7 +147,7 @@ def open_engine(run, *, batch_size: Optional[int]) -> Engine:
     if run.engine == ONNXRUNTIME:
         from ftune.engines.onnxruntime import OnnxExportEngine
 
-        return OnnxExportEngine(run.path, batch_size=batch_size)
+        return OnnxExportEngine(run.path, batch_size=batch_size, quantization=run.export.get("quantization"))
     if run.export is not None:
         from ftune.errors import UsageError
 

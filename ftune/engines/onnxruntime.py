@@ -99,15 +99,20 @@ def load_tokenizer(folder: Path, input_names: list[str]):
 
 
 class OnnxExportEngine(Engine):
-    """An ONNX export folder opened once: its tokenizer and an onnxruntime session."""
+    """An ONNX export folder opened once: its tokenizer and an onnxruntime session.
 
-    def __init__(self, folder: Path, *, batch_size: Optional[int]):
+    A graph quantised dynamically (`quantization` int8) quantises each activation tensor with a scale taken from the
+    whole tensor, so a row's outputs would depend on the rows (and the padding) batched with it: its rows are scored
+    one at a time, and a row answers alike in `ftune eval`, `ftune predict` and a served batch, as in the export's
+    verification. On a CPU that costs int8 little (its batches gain little over single rows)."""
+
+    def __init__(self, folder: Path, *, batch_size: Optional[int], quantization: Optional[str] = None):
         from ftune.errors import UsageError
 
         model_file = Path(folder) / MODEL_FILE
         if not model_file.is_file():
             raise UsageError(f"export {folder} has no {MODEL_FILE}; export the run again")
-        self.batch_size = batch_size
+        self.batch_size = 1 if quantization == "int8" else batch_size
         self.session = inference_session(model_file)
         self.tokenizer = load_tokenizer(folder, [item.name for item in self.session.get_inputs()])
 
@@ -117,10 +122,13 @@ class OnnxExportEngine(Engine):
 
 
 def inference_session(model_file: Path):
-    """An onnxruntime session on the CPU for `model_file` (onnxruntime's threads: one per physical core)."""
+    """An onnxruntime session on the CPU for `model_file` (onnxruntime's threads: one per physical core). Its threads
+    wait for work asleep rather than spinning: a spinning thread holds a core that a server's event loop, or other
+    work on the machine, needs between batches (measured in docs/serving.md)."""
     require_onnxruntime()
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its graph-optimisation notes are not the user's business
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])

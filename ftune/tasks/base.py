@@ -266,11 +266,13 @@ class Task:
 
     def predict(self, config: TrainConfig, trainer, tokenizer, state: TaskState,
                 inputs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
-        """Each input row with the task's prediction fields added."""
-        import datasets
+        """Each input row with the task's prediction fields added. The rows and their features stay in memory
+        (`ftune.data.InMemoryRows`, read by `features` and `decode` as a Dataset is): a call's rows are scored once,
+        and a Dataset's making, `map` and row selection would cost more than tokenising them."""
+        from ftune.data import InMemoryRows
 
         self.check_inputs(config, state, inputs, names)
-        rows = datasets.Dataset.from_list(inputs)
+        rows = InMemoryRows.from_list(inputs)
         features = self.features(config, tokenizer, rows, state, purpose="predict")
         model_inputs, order = self.scoring_inputs(features)
         output = trainer.predict(model_inputs, metric_key_prefix="predict")
@@ -302,11 +304,18 @@ class Task:
 
 
 def length_order(inputs) -> list[int]:
-    """Row positions, longest input first (stable among equal lengths), from the Arrow column of input ids."""
+    """Row positions, longest input first (stable among equal lengths), from the Arrow column of input ids (a
+    Dataset) or the lists of them (rows in memory)."""
     import numpy as np
-    import pyarrow.compute as pc
 
-    lengths = pc.list_value_length(inputs.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+    from ftune.data import InMemoryRows
+
+    if isinstance(inputs, InMemoryRows):
+        lengths = np.array([len(ids) for ids in inputs["input_ids"]], dtype=np.int64)
+    else:
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(inputs.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
     return np.argsort(-lengths, kind="stable").tolist()
 
 
