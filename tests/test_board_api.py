@@ -459,6 +459,21 @@ def test_a_run_without_its_weights_says_it_cannot_be_tried_and_the_board_stays_u
         assert board.get("/api/runs/no-weights").status_code == 200   # its page still shows what it recorded
 
 
+@pytest.mark.parametrize("damage", ['{"id": 3, "prediction": ', '[1, 2]'])
+def test_a_damaged_predictions_line_is_named_in_one_line(board_runs, tmp_path, damage):
+    from fastapi.testclient import TestClient
+
+    from ftune.board.server import create_app
+
+    run = shutil.copytree(board_runs / "classify-a", tmp_path / "runs" / "damaged")
+    lines = (run / "eval_predictions.jsonl").read_text().splitlines()
+    lines.insert(4, damage)
+    (run / "eval_predictions.jsonl").write_text("\n".join(lines) + "\n")
+    with TestClient(create_app([tmp_path / "runs"])) as board:
+        message = assert_error(board.get("/api/runs/damaged/rows"), 409, "bad_predictions")
+        assert "eval_predictions.jsonl line 5 is not a JSON object" in message
+
+
 # ---- the command ----------------------------------------------------------------------------------
 
 

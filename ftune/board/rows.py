@@ -134,17 +134,25 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise BoardError(404, f"{path} cannot be read ({exc.strerror}); the run has no held-out predictions to show",
                          "no_predictions") from None
-    lines = []
     with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
+        text = handle.read()
+    try:  # one JSON array of the lines: one parse instead of one per line (100k held-out rows)
+        lines = json.loads("[" + ",".join(line for line in text.splitlines() if line.strip()) + "]")
+        if all(isinstance(line, dict) for line in lines):
+            return lines
+    except ValueError:
+        pass
+    for number, line in enumerate(text.splitlines(), 1):   # name the line that is not an object of JSON
+        if not line.strip():
+            continue
+        try:
+            if isinstance(json.loads(line), dict):
                 continue
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                raise BoardError(409, f"{path} line {number} is not valid JSON; ftune does not write such a file: "
-                                 "evaluate the run again (ftune eval RUN)", "bad_predictions") from None
-    return lines
+        except ValueError:
+            pass
+        break
+    raise BoardError(409, f"{path} line {number} is not a JSON object; ftune does not write such a file: "
+                     "evaluate the run again (ftune eval RUN)", "bad_predictions")
 
 
 def text_columns(run, present: list[str]) -> list[str]:
