@@ -43,6 +43,26 @@ def tiny_bart(tmp_path_factory) -> Path:
     return tiny_models.build_bart(tmp_path_factory.mktemp("models") / "tiny-bart")
 
 
+# A chat template for the tiny GPT-2: roles as <|role|> markers, an assistant turn closed by the end-of-text token.
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
+                 "<|endoftext|>{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def chat_gpt2(tiny_gpt2, tmp_path_factory) -> Path:
+    """The tiny GPT-2 with CHAT_TEMPLATE: chat data (lm, dpo) goes through its template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("models") / "chat-gpt2"
+    shutil.copytree(tiny_gpt2, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 class Result:
     def __init__(self, exit_code: int, stdout: str, stderr: str, output: str):
         self.exit_code, self.stdout, self.stderr, self.output = exit_code, stdout, stderr, output

@@ -18,8 +18,6 @@ from tests.conftest import invoke, read_json, read_jsonl
 
 FAST = ("--max-steps", "8", "--batch-size", "8", "--lr", "2e-3", "--logging-steps", "2", "--max-length", "64",
         "--precision", "fp32")  # fp32 on every CPU: tests compare figures
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
-                 "<|endoftext|>{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
 LINE_FIELDS = {"id", "prediction", "reference", "margin", "reward_chosen", "reward_rejected", "logps_chosen",
                "logps_rejected", "ref_logps_chosen", "ref_logps_rejected", "loss"}
 
@@ -60,18 +58,6 @@ def data(tmp_path_factory) -> dict[str, Path]:
             "ultrafeedback": write_jsonl(folder / "ultrafeedback.jsonl", ultrafeedback),
             "sft": write_jsonl(folder / "sft.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]}
                                                       for r in pairs])}
-
-
-@pytest.fixture(scope="module")
-def chat_gpt2(tiny_gpt2, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("models") / "chat-gpt2"
-    shutil.copytree(tiny_gpt2, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def dpo(out: Path, *args) -> Path:

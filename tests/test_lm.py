@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,22 +37,6 @@ def lm_data(tmp_path_factory) -> dict[str, Path]:
                                                {"role": "assistant", "content": f"{w} {w}."}]}) + "\n")
     (folder / "blank.txt").write_text("\n   \n\n \n")
     return {p.stem: p for p in folder.iterdir()}
-
-
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
-                 "<|endoftext|>{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def chat_gpt2(tiny_gpt2, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("models") / "chat-gpt2"
-    shutil.copytree(tiny_gpt2, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def write_gpt2_gguf(model_dir: Path, target: Path) -> Path:

@@ -146,7 +146,7 @@ def _scored_tokens(shape: str, row: dict, tokenizer) -> int:
 def test_lm_rows_keep_their_losses_and_token_counts(shape, tiny_gpt2, tmp_path):
     from transformers import AutoTokenizer
 
-    from tests.test_lm import CHAT_TEMPLATE
+    from tests.conftest import CHAT_TEMPLATE
 
     model = tiny_gpt2
     if shape == "chat":

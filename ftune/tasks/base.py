@@ -153,6 +153,9 @@ class Task:
     def load_model(self, config: TrainConfig, tokenizer, state: TaskState):
         from ftune.precision import quantization_kwargs
 
+        if config.load_in_4bit and self.model_source(config).gguf:
+            raise UsageError("--load-in-4bit does not apply to a GGUF model (it is dequantised to float for "
+                             "training); drop one of them")
         return self.model_source(config).load_model(self.model_class, **self.base_model_kwargs(state),
                                                     **quantization_kwargs(config))
 

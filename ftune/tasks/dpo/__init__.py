@@ -178,12 +178,6 @@ class DPOTask(Task):
         # A finished LoRA run (the usual SFT run) starts a DPO run merged into its base: the reference is the SFT model.
         return ModelSource.parse(config.model, config.task_options.gguf_file, merges_adapter=True)
 
-    def load_model(self, config, tokenizer, state):
-        if config.load_in_4bit and self.model_source(config).gguf:
-            raise UsageError("--load-in-4bit does not apply to a GGUF model (it is dequantised to float for "
-                             "training); drop one of them")
-        return super().load_model(config, tokenizer, state)
-
     # ---- features and training --------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
         import datasets

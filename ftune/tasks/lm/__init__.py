@@ -156,12 +156,6 @@ class LMTask(Task):
 
         return ModelSource.parse(config.model, config.task_options.gguf_file)
 
-    def load_model(self, config, tokenizer, state):
-        if config.load_in_4bit and self.model_source(config).gguf:
-            raise UsageError("--load-in-4bit does not apply to a GGUF model (it is dequantised to float for "
-                             "training); drop one of them")
-        return super().load_model(config, tokenizer, state)
-
     # ---- features ---------------------------------------------------------------------------------
     def features(self, config, tokenizer, rows, state, *, purpose):
         columns, mode = state.columns, state.mode
