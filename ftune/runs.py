@@ -96,15 +96,15 @@ def run_status(path: Path) -> str:
 
 def read_run(path: Path, root: Optional[Path] = None) -> RunSummary:
     """What ftune.yaml and the results of the run at `path` say; what is missing stays None."""
-    saved = _read_yaml(path / CONFIG_FILE)
+    saved = read_yaml_object(path / CONFIG_FILE)
     info = saved.pop("run", None) or {}
-    results = _read_json(path / EVAL_RESULTS)
-    train = _read_json(path / FINISHED_FILE)
-    split = _read_json(path / SPLIT_FILE)
+    results = read_json_object(path / EVAL_RESULTS)
+    train = read_json_object(path / FINISHED_FILE)
+    split = read_json_object(path / SPLIT_FILE)
     metric = _main_metric(info.get("task"), saved)
     value = results.get(metric) if metric else None
     if value is None and metric:
-        value = _read_json(path / BEST_SO_FAR).get("metric")
+        value = read_json_object(path / BEST_SO_FAR).get("metric")
     lora = saved.get("lora")
     return RunSummary(
         path=str(path), name=_name(path, root), task=info.get("task"), model=saved.get("model"),
@@ -154,7 +154,7 @@ def _short(value: Optional[str]) -> Optional[str]:
 
 
 def _marker_time(path: Path) -> Optional[str]:
-    created = _read_json(path / RUN_MARKER).get("created")
+    created = read_json_object(path / RUN_MARKER).get("created")
     if created:
         return created
     try:
@@ -163,20 +163,23 @@ def _marker_time(path: Path) -> Optional[str]:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in a run's file, or {} when the file is missing, unreadable or holds something else."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):   # ValueError: not JSON, or not UTF-8
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_object(path: Path) -> dict[str, Any]:
+    """The mapping in a run's YAML file (ftune.yaml), or {} when the file is missing, unreadable or holds something
+    else."""
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -270,7 +273,7 @@ def compare_runs(paths: list[str]) -> Comparison:
     figures: dict[str, list[Any]] = {"status": [s.status for s in summaries]}
     for name in dict.fromkeys(k for s in summaries for k in s.metrics):
         figures[name] = [s.metrics.get(name) for s in summaries]
-    trains = [_read_json(f / FINISHED_FILE) for f in folders]
+    trains = [read_json_object(f / FINISHED_FILE) for f in folders]
     figures["train_loss"] = [t.get("train_loss") for t in trains]
     figures["train time"] = [s.train_seconds for s in summaries]
     configs = [flat_config(f) for f in folders]
@@ -294,7 +297,7 @@ def flat_config(folder: Path) -> dict[str, Any]:
         else:
             flat[prefix] = value
 
-    add("", _read_yaml(folder / CONFIG_FILE))
+    add("", read_yaml_object(folder / CONFIG_FILE))
     return flat
 
 

@@ -21,6 +21,7 @@ from ftune.board.rows import DEFAULT_LIMIT, RowQuery, held_out_rows, query_rows
 from ftune.board.sweeps import sweep_json
 from ftune.folders import CONFIG_FILE
 from ftune.rundir import EVAL_DETAILS, EVAL_RESULTS, MODEL_CARD, SPLIT_FILE
+from ftune.runs import read_json_object, read_yaml_object
 
 router = APIRouter()
 
@@ -91,11 +92,11 @@ def run(run_id: str, request: Request):
     sweep = sweep_folder(found.path, found.root)
     index = board(request)
     summary = run_json(found.path, found.root, found.id, _sibling_id(index, found, sweep) if sweep else None)
-    split = _read_json(found.path / SPLIT_FILE)
+    split = read_json_object(found.path / SPLIT_FILE)
     split.pop("indices", None)
     suffix = f"?eval={evaluation}" if evaluation else ""
-    return {"run": summary, "evaluation": evaluation, "config": _config(found.path),
-            "metrics": _read_json(folder / EVAL_RESULTS), "details": _read_json(folder / EVAL_DETAILS),
+    return {"run": summary, "evaluation": evaluation, "config": read_yaml_object(found.path / CONFIG_FILE),
+            "metrics": read_json_object(folder / EVAL_RESULTS), "details": read_json_object(folder / EVAL_DETAILS),
             "pictures": pictures(folder, f"/api/runs/{found.id}/files", suffix),
             "curves": curves(_trainer_state(found.path)), "model_card": _read_text(found.path / MODEL_CARD),
             "split": split}
@@ -157,16 +158,6 @@ def _sibling_id(index: BoardIndex, found: BoardRun, folder: Path) -> str:
     return index.run_id(folder, index.folders.index(found.root))
 
 
-def _config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        saved = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
-
-
 def pictures(folder: Path, files_url: str, suffix: str) -> list[dict[str, str]]:
     """The pictures directly in `folder`, with the captions the model card gives them (else the file's name)."""
     captions = {file: caption for caption, file in PICTURE_LINK.findall(_read_text(folder / MODEL_CARD) or "")}
@@ -189,7 +180,7 @@ def _trainer_state(run: Path) -> Path:
 def curves(path: Path) -> dict[str, Any]:
     """The learning curves from the Trainer's log history: each logged figure as [[step, value], ...], the training
     figures apart from the evaluations (eval_*), and the epoch at each logged step."""
-    history = _read_json(path).get("log_history") or []
+    history = read_json_object(path).get("log_history") or []
     found: dict[str, Any] = {"train": {}, "eval": {}, "epochs": []}
     for entry in history:
         step = entry.get("step")
@@ -203,14 +194,6 @@ def curves(path: Path) -> dict[str, Any]:
             side = "eval" if name.startswith("eval_") else "train"
             found[side].setdefault(name, []).append([step, value])
     return found
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _read_text(path: Path) -> Optional[str]:

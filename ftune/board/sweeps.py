@@ -73,7 +73,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _marker_task(path: Path) -> Optional[str]:
-    try:
-        return json.loads((path / OUTPUT_MARKER).read_text()).get("task")
-    except (OSError, ValueError, AttributeError):
-        return None
+    from ftune.runs import read_json_object
+
+    return read_json_object(path / OUTPUT_MARKER).get("task")
