@@ -150,7 +150,7 @@ class BoardIndex:
         comes from has changed (reading ftune.yaml is most of a listing's time); the status is always found now."""
         from ftune.runs import run_status
 
-        stamp = (run_id, sweep_id, *(_file_stamp(path / name) for name in SUMMARY_FILES))
+        stamp = (run_id, sweep_id, *(file_stamp(path / name) for name in SUMMARY_FILES))
         with self._lock:
             cached = self._summaries.get(path)
         if cached is None or cached[0] != stamp:
@@ -167,7 +167,7 @@ class BoardIndex:
         """The sweep's summary, read again only when sweep.yaml or trials.jsonl has changed."""
         from ftune.sweep.report import TRIALS_FILE
 
-        stamp = (sweep_id, _file_stamp(path / SWEEP_RECIPE), _file_stamp(path / TRIALS_FILE))
+        stamp = (sweep_id, file_stamp(path / SWEEP_RECIPE), file_stamp(path / TRIALS_FILE))
         with self._lock:
             cached = self._summaries.get(path)
         if cached is None or cached[0] != stamp:
@@ -259,7 +259,8 @@ def sweep_summary(path: Path, sweep_id: str) -> dict[str, Any]:
             "direction": sweep["direction"], "trials": len(sweep["trials"]), "best": sweep["best"]}
 
 
-def _file_stamp(path: Path) -> Optional[tuple[int, int]]:
+def file_stamp(path: Path) -> Optional[tuple[int, int]]:
+    """A file's modification time and size, or None when it is gone: what cached readings are keyed by."""
     try:
         info = path.stat()
     except OSError:

@@ -32,7 +32,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ftune.board.index import BoardError
+from ftune.board.index import BoardError, file_stamp
+from ftune.folders import CONFIG_FILE
 from ftune.rundir import EVAL_PREDICTIONS, SPLIT_FILE
 
 MAX_LIMIT = 500
@@ -88,19 +89,13 @@ def held_out_rows(run, folder: Path) -> HeldOutRows:
 
 
 def _stamp(folder: Path, run) -> tuple:
-    files = [folder / EVAL_PREDICTIONS, run.path / SPLIT_FILE, run.path / "ftune.yaml"]
-    source = run.split.get("source_path") or run.split.get("source")
-    if source and Path(source).exists():
-        files.append(Path(source))
-    stamp = []
-    for file in files:
-        try:
-            info = file.stat()
-        except OSError:
-            stamp.append(None)
-            continue
-        stamp.append((str(file), info.st_mtime_ns, info.st_size))
-    return tuple(stamp)
+    """What the rows come from, as modification times and sizes: the lines, the split, the options, the data."""
+    from ftune.data import held_out_source
+
+    files = [folder / EVAL_PREDICTIONS, run.path / SPLIT_FILE, run.path / CONFIG_FILE]
+    if run.split.get("source"):
+        files.append(Path(held_out_source(run.split)))
+    return tuple((str(file), file_stamp(file)) for file in files)
 
 
 def build_rows(run, folder: Path) -> HeldOutRows:

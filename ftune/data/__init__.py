@@ -30,6 +30,7 @@ from ftune.data.split import (
     carve_indices,
     fingerprint,
     held_out_differences,
+    held_out_source,
     reload_held_out_split,
 )
 from ftune.data.tables import arrow_column, column_list, derived_fingerprint, take_rows, tokenize_rows, with_column
@@ -38,7 +39,7 @@ __all__ = [
     "EVAL_SPLIT_NAMES", "FILE_READERS", "HELD_OUT_FIELDS", "ID_COLUMNS", "HeldOutSplit", "InMemoryRows", "RowNames",
     "arrow_column", "build_held_out_split", "carve_indices", "check_no_missing", "check_split_filled", "check_split_text",
     "check_text_columns", "column_list", "derived_fingerprint", "describe_row_groups", "describe_rows",
-    "files_by_split", "fingerprint", "held_out_differences", "load_source", "missing_rows", "pick_column",
+    "files_by_split", "fingerprint", "held_out_differences", "held_out_source", "load_source", "missing_rows", "pick_column",
     "quiet_datasets", "quoted", "reload_held_out_split", "require_regular", "row_ids", "row_names", "split_of",
     "take_rows", "tokenize_rows", "with_column",
 ]

@@ -147,14 +147,19 @@ def fingerprint(ds) -> str:
     return digest.hexdigest()
 
 
+def held_out_source(record: dict[str, Any]) -> str:
+    """Where a split.json record's rows are read from: the local path the run was trained on, wherever the command
+    runs, else the source as given (a Hub id, or a run recorded before `source_path`)."""
+    where = record.get("source_path")
+    return where if where and Path(where).exists() else record["source"]
+
+
 def reload_held_out_split(record: dict[str, Any], load: Callable[[str, Optional[str]], Any]) -> tuple[Any, list]:
     """The exact rows of a recorded split and their ids; raises UsageError if the data changed since training.
 
-    `load(data, data_config)` reads the source the way the run's task reads it: the local path the run was trained
-    on, wherever this command runs, else the source as given (a Hub id, or a run recorded before `source_path`).
+    `load(data, data_config)` reads the source (`held_out_source`) the way the run's task reads it.
     """
-    where = record.get("source_path")
-    source = load(where if where and Path(where).exists() else record["source"], record.get("data_config"))
+    source = load(held_out_source(record), record.get("data_config"))
     split = record["eval_split"]
     if split not in source:
         raise UsageError(f"split '{split}' recorded for this run is gone from {record['source']}; "
