@@ -53,6 +53,9 @@ def main() -> None:
         sys.exit("error: the aclsum package is not installed; run: pip install --no-deps aclsum")
     source = Path(next(iter(spec.submodule_search_locations))) / "dataset"
     out = Path(args.target)
+    existing = [str(out / f"{split}.jsonl") for split in ("train", "test") if (out / f"{split}.jsonl").exists()]
+    if existing:  # checked before anything is written: a file the user has is never replaced
+        sys.exit(f"error: {', '.join(existing)} already exist(s); give another folder or remove them")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     for split, name, count in (("train", "train", args.train_papers), ("test", "test", args.test_papers)):

@@ -38,6 +38,14 @@ def aclsum_pairs(tmp_path_factory):
     return out
 
 
+def test_the_pair_builder_never_replaces_files_it_finds(aclsum_pairs):
+    before = {name: (aclsum_pairs / name).read_bytes() for name in ("train.jsonl", "test.jsonl")}
+    again = subprocess.run([sys.executable, str(ROOT / "examples" / "prepare_aclsum_pairs.py"), str(aclsum_pairs),
+                            "--seed", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert again.returncode != 0 and "already exist" in again.stderr
+    assert {name: (aclsum_pairs / name).read_bytes() for name in before} == before
+
+
 def test_the_pair_builder_holds_out_other_papers(aclsum_pairs):
     train, test = read_jsonl(aclsum_pairs / "train.jsonl"), read_jsonl(aclsum_pairs / "test.jsonl")
     assert (len(train), len(test)) == (120, 60)
